@@ -4,7 +4,21 @@
 //! `query_tokens`), `opt` / `t5` (`language_model.*`), plus `config`, `weights`, `processor`
 //! (pixels and prompt ids as `Blip2Processor` makes them) and `generate` (greedy, beam, sampling).
 
+mod blip2;
+pub mod config;
 mod error;
+pub mod generate;
+mod image_file;
+mod kv_cache;
+mod opt;
+pub mod processor;
+mod prompt;
+mod qformer;
+mod t5;
+mod vision;
+mod weights;
+
+pub use blip2::{Blip2, resolve_device, resolve_dtype};
 pub use error::{Error, Result};
 
 /// A tightly packed 8-bit RGB image (row stride = 3 * width).
@@ -125,4 +139,64 @@ pub struct Timings {
     pub preprocess_ms: f64,
     pub vision_ms: f64,
     pub generate_ms: f64,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = Error;
+
+    /// `auto`, `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| {
+                    Error::Input(format!(
+                        "invalid device {other:?}: expected auto, cpu or cuda:N"
+                    ))
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => write!(f, "auto"),
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for DTypeChoice {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "auto" => Ok(DTypeChoice::Auto),
+            "f32" | "float32" => Ok(DTypeChoice::F32),
+            "f16" | "float16" => Ok(DTypeChoice::F16),
+            "bf16" | "bfloat16" => Ok(DTypeChoice::BF16),
+            other => Err(Error::Input(format!(
+                "invalid dtype {other:?}: expected auto, f32, f16 or bf16"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for DTypeChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            DTypeChoice::Auto => "auto",
+            DTypeChoice::F32 => "f32",
+            DTypeChoice::F16 => "f16",
+            DTypeChoice::BF16 => "bf16",
+        };
+        write!(f, "{name}")
+    }
 }

@@ -1,0 +1,418 @@
+//! `Blip2ForConditionalGeneration`: vision tower → Q-Former → language projection → OPT / T5.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Linear, linear};
+
+use super::config::{Blip2Config, GenerationDefaults, TextConfig};
+use super::generate::{Decoder, Prompt, generate_beam, generate_greedy_or_sample};
+use super::opt::{Opt, OptState};
+use super::processor::ImageProcessorConfig;
+use super::prompt::{PromptCodec, PromptStyle};
+use super::qformer::QFormer;
+use super::t5::{T5, T5State};
+use super::vision::VisionModel;
+use super::weights::WeightFiles;
+use super::{
+    Caption, DTypeChoice, DeviceChoice, Error, GenerationParams, Result, RgbImage, Timings,
+};
+
+enum LanguageModel {
+    Opt(Opt),
+    T5(T5),
+}
+
+/// A loaded BLIP-2 snapshot, ready to caption. Immutable after loading, so it can be shared
+/// between threads.
+pub struct Blip2 {
+    config: Blip2Config,
+    generation: GenerationDefaults,
+    image_processor: ImageProcessorConfig,
+    codec: PromptCodec,
+    vision: VisionModel,
+    qformer: QFormer,
+    language_projection: Linear,
+    language_model: LanguageModel,
+    device: Device,
+    dtype: DType,
+    warnings: Vec<String>,
+}
+
+/// Resolves `auto` and checks that the device exists in this build.
+pub fn resolve_device(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Auto => {
+            if candle_core::utils::cuda_is_available() {
+                Device::new_cuda(0).or(Ok(Device::Cpu))
+            } else {
+                Ok(Device::Cpu)
+            }
+        }
+        DeviceChoice::Cuda(n) => {
+            if !candle_core::utils::cuda_is_available() {
+                return Err(Error::Input(format!(
+                    "device cuda:{n} requested but this build has no CUDA support (build with --features cuda)"
+                )));
+            }
+            Device::new_cuda(n)
+                .map_err(|e| Error::Input(format!("device cuda:{n} is not available: {e}")))
+        }
+    }
+}
+
+/// f32 on CPU; on a GPU f16 for OPT and bf16 for Flan-T5 (T5 overflows in f16).
+pub fn resolve_dtype(choice: DTypeChoice, device: &Device, text: &TextConfig) -> DType {
+    match choice {
+        DTypeChoice::F32 => DType::F32,
+        DTypeChoice::F16 => DType::F16,
+        DTypeChoice::BF16 => DType::BF16,
+        DTypeChoice::Auto if device.is_cpu() => DType::F32,
+        DTypeChoice::Auto => match text {
+            TextConfig::Opt(_) => DType::F16,
+            TextConfig::T5(_) => DType::BF16,
+        },
+    }
+}
+
+impl Blip2 {
+    /// Loads a Hugging Face BLIP-2 snapshot folder. `progress` receives one line per stage.
+    pub fn load(
+        dir: &Path,
+        device: DeviceChoice,
+        dtype: DTypeChoice,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "model folder does not exist",
+                ),
+            });
+        }
+        progress("reading config.json");
+        let config = Blip2Config::from_file(&dir.join("config.json"))?;
+        let generation = GenerationDefaults::load(dir, &config.text)?;
+        let (image_processor, warnings) =
+            ImageProcessorConfig::from_snapshot(dir, config.image_size)?;
+        progress("loading tokenizer.json");
+        let style = match &config.text {
+            TextConfig::Opt(c) => {
+                PromptStyle::BosFirst(generation.bos_token_id.or(c.bos_token_id).unwrap_or(2))
+            }
+            TextConfig::T5(c) => PromptStyle::EosLast(
+                c.eos_token_id
+                    .as_ref()
+                    .and_then(|e| e.to_vec().first().copied())
+                    .unwrap_or(1),
+            ),
+        };
+        let codec = PromptCodec::load(dir, style)?;
+        let device = resolve_device(device)?;
+        let dtype = resolve_dtype(dtype, &device, &config.text);
+        let files = WeightFiles::find(dir)?;
+        let vb = files.var_builder(dtype, &device)?;
+        let weights_err = |e: candle_core::Error| Error::Weights {
+            path: files.origin.clone(),
+            message: e.to_string(),
+        };
+        progress("loading vision encoder weights");
+        let vision = VisionModel::new(
+            &config.vision,
+            config.patch_size,
+            config.image_size,
+            vb.pp("vision_model"),
+        )
+        .map_err(weights_err)?;
+        progress("loading Q-Former weights");
+        // transformers keeps the Q-Former and query tokens in f32 (`_keep_in_fp32_modules`).
+        let qformer = QFormer::new(
+            &config.qformer,
+            config.num_query_tokens,
+            vb.clone().set_dtype(DType::F32),
+        )
+        .map_err(weights_err)?;
+        let language_projection = linear(
+            config.qformer.hidden_size,
+            config.text.hidden_size(),
+            vb.pp("language_projection"),
+        )
+        .map_err(weights_err)?;
+        progress("loading language model weights");
+        let lm_vb = vb.pp("language_model");
+        let language_model = match &config.text {
+            TextConfig::Opt(c) => LanguageModel::Opt(Opt::new(c, lm_vb).map_err(weights_err)?),
+            TextConfig::T5(c) => LanguageModel::T5(T5::new(c, lm_vb).map_err(weights_err)?),
+        };
+        progress("model ready");
+        Ok(Self {
+            config,
+            generation,
+            image_processor,
+            codec,
+            vision,
+            qformer,
+            language_projection,
+            language_model,
+            device,
+            dtype,
+            warnings,
+        })
+    }
+
+    pub fn config(&self) -> &Blip2Config {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Non-fatal problems found while loading (e.g. missing preprocessor settings).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    pub fn generation_defaults(&self) -> &GenerationDefaults {
+        &self.generation
+    }
+
+    /// Pixel values (B, 3, S, S) f32 on the model's device, as `Blip2Processor` makes them.
+    pub fn pixel_values(&self, images: &[RgbImage]) -> Result<Tensor> {
+        let s = (self.image_processor.height, self.image_processor.width);
+        let mut data = Vec::with_capacity(images.len() * 3 * s.0 * s.1);
+        for image in images {
+            data.extend(self.image_processor.preprocess(image));
+        }
+        Ok(Tensor::from_vec(
+            data,
+            (images.len(), 3, s.0, s.1),
+            &self.device,
+        )?)
+    }
+
+    /// The ids transformers feeds for `prompt`: image placeholders, then the tokenized prompt.
+    pub fn input_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        let image = self.config.image_token_index.unwrap_or(0);
+        let mut ids = vec![image; self.config.num_query_tokens];
+        ids.extend(self.codec.encode(prompt)?);
+        Ok(ids)
+    }
+
+    /// Projected query embeddings (B, num_query_tokens, LM hidden) in the LM dtype.
+    fn image_embeddings(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let image_states = self.vision.forward(pixel_values)?;
+        let queries = self.qformer.forward(&image_states)?.to_dtype(self.dtype)?;
+        Ok(self.language_projection.forward(&queries)?)
+    }
+
+    fn check_params(&self, params: &GenerationParams) -> Result<()> {
+        if params.num_beams == 0 {
+            return Err(Error::Input("num_beams must be at least 1".into()));
+        }
+        if params.num_beams > 1 && params.sampling.is_some() {
+            return Err(Error::Input(
+                "beam search with sampling is not supported".into(),
+            ));
+        }
+        if !(params.repetition_penalty > 0.0) {
+            return Err(Error::Input("repetition_penalty must be > 0".into()));
+        }
+        Ok(())
+    }
+
+    /// Runs the language model over the image queries and prompt for each row, returning the
+    /// decoder positioned after the prompt.
+    fn prefill(
+        &self,
+        image_embeds: &Tensor,
+        prompt_ids: &[u32],
+    ) -> Result<(Tensor, Box<dyn Decoder + '_>)> {
+        let b = image_embeds.dim(0)?;
+        let ids = Tensor::new(prompt_ids, &self.device)?
+            .unsqueeze(0)?
+            .repeat((b, 1))?;
+        Ok(match &self.language_model {
+            LanguageModel::Opt(opt) => {
+                let text = opt.embed(&ids)?;
+                let image = scatter_like_transformers(image_embeds, text.dim(2)?)?;
+                let embeds = Tensor::cat(&[&image, &text], 1)?;
+                let (logits, state) = opt.prefill(&embeds)?;
+                (logits, Box::new(OptDecoder { model: opt, state }))
+            }
+            LanguageModel::T5(t5) => {
+                let embeds = Tensor::cat(&[image_embeds, &t5.embed(&ids)?], 1)?;
+                let (logits, state) =
+                    t5.prefill(&embeds, self.generation.decoder_start_token_id)?;
+                (logits, Box::new(T5Decoder { model: t5, state }))
+            }
+        })
+    }
+
+    /// Logits of the first generated token for each image (B, vocab), f32.
+    pub fn first_step_logits(&self, pixel_values: &Tensor, prompt: &str) -> Result<Tensor> {
+        let embeds = self.image_embeddings(pixel_values)?;
+        let text_ids = self.codec.encode(prompt)?;
+        Ok(self.prefill(&embeds, &text_ids)?.0)
+    }
+
+    /// Captions (or answers `prompt` about) each image; all images run as one batch.
+    pub fn caption(
+        &self,
+        images: &[RgbImage],
+        prompt: &str,
+        params: &GenerationParams,
+    ) -> Result<Vec<Caption>> {
+        Ok(self.caption_timed(images, prompt, params)?.0)
+    }
+
+    /// [`Blip2::caption`] plus the time spent in each stage.
+    pub fn caption_timed(
+        &self,
+        images: &[RgbImage],
+        prompt: &str,
+        params: &GenerationParams,
+    ) -> Result<(Vec<Caption>, Timings)> {
+        if images.is_empty() {
+            return Ok((Vec::new(), Timings::default()));
+        }
+        let t = Instant::now();
+        let pixel_values = self.pixel_values(images)?;
+        let preprocess_ms = ms(t);
+        let (captions, mut timings) = self.caption_pixels(&pixel_values, prompt, params)?;
+        timings.preprocess_ms = preprocess_ms;
+        Ok((captions, timings))
+    }
+
+    /// Generation from ready pixel values (B, 3, S, S), e.g. ones made by transformers.
+    pub fn caption_pixels(
+        &self,
+        pixel_values: &Tensor,
+        prompt: &str,
+        params: &GenerationParams,
+    ) -> Result<(Vec<Caption>, Timings)> {
+        self.check_params(params)?;
+        let batch = pixel_values.dim(0)?;
+        let mut timings = Timings::default();
+        let text_ids = self.codec.encode(prompt)?;
+
+        let t = Instant::now();
+        let embeds = self.image_embeddings(pixel_values)?;
+        sync(&self.device)?;
+        timings.vision_ms = ms(t);
+
+        let t = Instant::now();
+        let mut eos = match params.eos_token_id {
+            Some(id) => vec![id],
+            None => self.generation.eos_token_ids.clone(),
+        };
+        eos.dedup();
+        let (history, prompt_len) = match &self.language_model {
+            LanguageModel::Opt(_) => {
+                let mut h =
+                    vec![self.config.image_token_index.unwrap_or(0); self.config.num_query_tokens];
+                h.extend(&text_ids);
+                let len = h.len();
+                (h, len)
+            }
+            LanguageModel::T5(_) => (vec![self.generation.decoder_start_token_id], 1),
+        };
+        let (first_logits, mut decoder) = self.prefill(&embeds, &text_ids)?;
+        let prompt = Prompt {
+            first_logits,
+            history: vec![history; batch],
+            eos,
+        };
+        let ids = if params.num_beams > 1 {
+            generate_beam(decoder.as_mut(), prompt, params, prompt_len)?
+        } else {
+            generate_greedy_or_sample(decoder.as_mut(), prompt, params)?
+        };
+        timings.generate_ms = ms(t);
+        let captions = ids
+            .into_iter()
+            .map(|token_ids| {
+                Ok(Caption {
+                    text: self.codec.decode(&token_ids)?,
+                    token_ids,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((captions, timings))
+    }
+}
+
+/// transformers joins the queries with `masked_scatter`, which copies the projected queries of the
+/// whole batch, flattened, into the image positions in order. With OPT's `word_embed_proj_dim`
+/// equal to the hidden size (every released BLIP-2) that is a plain concatenation; when they
+/// differ (OPT-350m style `project_in`) it takes the first `B * Q * word_embed_proj_dim` values,
+/// so rows bleed into each other. Reproduced as is, for parity.
+fn scatter_like_transformers(
+    image_embeds: &Tensor,
+    embed_dim: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, q, h) = image_embeds.dims3()?;
+    if h == embed_dim {
+        return Ok(image_embeds.clone());
+    }
+    if embed_dim > h {
+        candle_core::bail!(
+            "word_embed_proj_dim {embed_dim} exceeds the LM hidden size {h}: transformers cannot join the image queries either"
+        );
+    }
+    image_embeds
+        .flatten_all()?
+        .narrow(0, 0, b * q * embed_dim)?
+        .reshape((b, q, embed_dim))
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Waits for queued GPU work so stage timings are honest.
+fn sync(device: &Device) -> Result<()> {
+    Ok(device.synchronize()?)
+}
+
+struct OptDecoder<'a> {
+    model: &'a Opt,
+    state: OptState,
+}
+
+impl Decoder for OptDecoder<'_> {
+    fn step(&mut self, ids: &[u32]) -> candle_core::Result<Tensor> {
+        let ids = Tensor::new(ids, &self.model.device())?;
+        self.model.step(&ids, &mut self.state)
+    }
+
+    fn select_rows(&mut self, rows: &[u32]) -> candle_core::Result<()> {
+        let rows = Tensor::new(rows, &self.model.device())?;
+        self.state.select(&rows)
+    }
+}
+
+struct T5Decoder<'a> {
+    model: &'a T5,
+    state: T5State,
+}
+
+impl Decoder for T5Decoder<'_> {
+    fn step(&mut self, ids: &[u32]) -> candle_core::Result<Tensor> {
+        let ids = Tensor::new(ids, &self.model.device())?;
+        self.model.step(&ids, &mut self.state)
+    }
+
+    fn select_rows(&mut self, rows: &[u32]) -> candle_core::Result<()> {
+        let rows = Tensor::new(rows, &self.model.device())?;
+        self.state.select(&rows)
+    }
+}

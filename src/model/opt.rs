@@ -1,0 +1,257 @@
+//! `language_model.*` for OPT checkpoints (`OPTForCausalLM`): a decoder-only LM with learned
+//! absolute positions (offset 2), ReLU FFN and a head tied to the token embeddings.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder, embedding, linear_b, linear_no_bias};
+
+use super::config::OptConfig;
+use super::kv_cache::{LayerCache, causal_mask, merge_heads, split_heads};
+
+/// OPT's learned position table is offset by 2 (a fairseq legacy).
+const POSITION_OFFSET: usize = 2;
+/// `nn.LayerNorm`'s default epsilon, which OPT uses.
+const LAYER_NORM_EPS: f64 = 1e-5;
+
+fn opt_layer_norm(size: usize, affine: bool, vb: VarBuilder) -> Result<LayerNorm> {
+    if affine {
+        candle_nn::layer_norm(size, LAYER_NORM_EPS, vb)
+    } else {
+        let ones = Tensor::ones(size, vb.dtype(), vb.device())?;
+        Ok(LayerNorm::new(
+            ones.clone(),
+            ones.zeros_like()?,
+            LAYER_NORM_EPS,
+        ))
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    num_heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    fn new(cfg: &OptConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let bias = cfg.enable_bias;
+        Ok(Self {
+            q_proj: linear_b(h, h, bias, vb.pp("q_proj"))?,
+            k_proj: linear_b(h, h, bias, vb.pp("k_proj"))?,
+            v_proj: linear_b(h, h, bias, vb.pp("v_proj"))?,
+            out_proj: linear_b(h, h, bias, vb.pp("out_proj"))?,
+            num_heads: cfg.num_attention_heads,
+            scale: ((h / cfg.num_attention_heads) as f64).powf(-0.5),
+        })
+    }
+
+    fn forward(
+        &self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        // OPT scales q before the product (transformers keeps that order).
+        let q = split_heads(&(self.q_proj.forward(xs)? * self.scale)?, self.num_heads)?;
+        let k = split_heads(&self.k_proj.forward(xs)?, self.num_heads)?;
+        let v = split_heads(&self.v_proj.forward(xs)?, self.num_heads)?;
+        let (k, v) = cache.append(k, v)?;
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        self.out_proj.forward(&merge_heads(&weights.matmul(&v)?)?)
+    }
+}
+
+struct DecoderLayer {
+    self_attn: Attention,
+    self_attn_layer_norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    final_layer_norm: LayerNorm,
+    pre_norm: bool,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &OptConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let affine = cfg.layer_norm_elementwise_affine;
+        Ok(Self {
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            self_attn_layer_norm: opt_layer_norm(h, affine, vb.pp("self_attn_layer_norm"))?,
+            fc1: linear_b(h, cfg.ffn_dim, cfg.enable_bias, vb.pp("fc1"))?,
+            fc2: linear_b(cfg.ffn_dim, h, cfg.enable_bias, vb.pp("fc2"))?,
+            final_layer_norm: opt_layer_norm(h, affine, vb.pp("final_layer_norm"))?,
+            pre_norm: cfg.do_layer_norm_before,
+        })
+    }
+
+    fn forward(
+        &self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        let normed = if self.pre_norm {
+            self.self_attn_layer_norm.forward(xs)?
+        } else {
+            xs.clone()
+        };
+        let mut xs = (xs + self.self_attn.forward(&normed, mask, cache)?)?;
+        if !self.pre_norm {
+            xs = self.self_attn_layer_norm.forward(&xs)?;
+        }
+        let normed = if self.pre_norm {
+            self.final_layer_norm.forward(&xs)?
+        } else {
+            xs.clone()
+        };
+        let ffn = self.fc2.forward(&self.fc1.forward(&normed)?.relu()?)?;
+        let mut xs = (xs + ffn)?;
+        if !self.pre_norm {
+            xs = self.final_layer_norm.forward(&xs)?;
+        }
+        Ok(xs)
+    }
+}
+
+/// Decoder state between steps: per-layer KV cache and how many positions it holds.
+#[derive(Clone)]
+pub struct OptState {
+    layers: Vec<LayerCache>,
+}
+
+impl OptState {
+    pub fn select(&mut self, indices: &Tensor) -> Result<()> {
+        self.layers.iter_mut().try_for_each(|c| c.select(indices))
+    }
+}
+
+pub struct Opt {
+    embed_tokens: Embedding,
+    embed_positions: Tensor,
+    project_in: Option<Linear>,
+    project_out: Option<Linear>,
+    layers: Vec<DecoderLayer>,
+    final_layer_norm: Option<LayerNorm>,
+    lm_head: Tensor,
+    max_positions: usize,
+}
+
+impl Opt {
+    /// `vb` points at `language_model`.
+    pub fn new(cfg: &OptConfig, vb: VarBuilder) -> Result<Self> {
+        let dec = vb.pp("model.decoder");
+        let h = cfg.hidden_size;
+        let proj = cfg.word_embed_proj_dim();
+        let embed_tokens = embedding(cfg.vocab_size, proj, dec.pp("embed_tokens"))?;
+        let embed_positions = dec.get(
+            (cfg.max_position_embeddings + POSITION_OFFSET, h),
+            "embed_positions.weight",
+        )?;
+        let (project_in, project_out) = if proj != h {
+            (
+                Some(linear_no_bias(proj, h, dec.pp("project_in"))?),
+                Some(linear_no_bias(h, proj, dec.pp("project_out"))?),
+            )
+        } else {
+            (None, None)
+        };
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(cfg, dec.pp(format!("layers.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let final_layer_norm = if cfg.do_layer_norm_before && !cfg.remove_final_layer_norm {
+            Some(opt_layer_norm(
+                h,
+                cfg.layer_norm_elementwise_affine,
+                dec.pp("final_layer_norm"),
+            )?)
+        } else {
+            None
+        };
+        // The head is tied to the embeddings; a checkpoint that stores it anyway wins.
+        let lm_head = if vb.contains_tensor("lm_head.weight") {
+            vb.get((cfg.vocab_size, proj), "lm_head.weight")?
+        } else {
+            embed_tokens.embeddings().clone()
+        };
+        Ok(Self {
+            embed_tokens,
+            embed_positions,
+            project_in,
+            project_out,
+            layers,
+            final_layer_norm,
+            lm_head,
+            max_positions: cfg.max_position_embeddings,
+        })
+    }
+
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed_tokens.forward(ids)
+    }
+
+    pub fn device(&self) -> candle_core::Device {
+        self.lm_head.device().clone()
+    }
+
+    /// Runs `inputs_embeds` (B, L, word_embed_proj_dim) after `past` cached positions; returns the
+    /// last position's logits (B, vocab) in f32.
+    fn forward(&self, inputs_embeds: &Tensor, state: &mut OptState) -> Result<Tensor> {
+        let (_, len, _) = inputs_embeds.dims3()?;
+        let past = state.layers[0].len();
+        if past + len > self.max_positions {
+            candle_core::bail!(
+                "sequence of {} positions exceeds max_position_embeddings {}",
+                past + len,
+                self.max_positions
+            );
+        }
+        // Unpadded batches: positions are simply past..past+len (cumsum(mask) - 1), plus the offset.
+        let positions = self
+            .embed_positions
+            .narrow(0, past + POSITION_OFFSET, len)?;
+        let mut xs = match &self.project_in {
+            Some(p) => p.forward(inputs_embeds)?,
+            None => inputs_embeds.clone(),
+        };
+        xs = xs.broadcast_add(&positions)?;
+        let mask = if len > 1 {
+            // Prefill always starts from an empty cache, so the mask is square.
+            Some(causal_mask(len, xs.device(), xs.dtype())?)
+        } else {
+            None
+        };
+        for (layer, cache) in self.layers.iter().zip(state.layers.iter_mut()) {
+            xs = layer.forward(&xs, mask.as_ref(), cache)?;
+        }
+        let mut last = xs.narrow(1, len - 1, 1)?.squeeze(1)?;
+        if let Some(norm) = &self.final_layer_norm {
+            last = norm.forward(&last)?;
+        }
+        if let Some(p) = &self.project_out {
+            last = p.forward(&last)?;
+        }
+        last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)
+    }
+
+    /// Prefill: image queries + prompt embeddings at once.
+    pub fn prefill(&self, inputs_embeds: &Tensor) -> Result<(Tensor, OptState)> {
+        let mut state = OptState {
+            layers: vec![LayerCache::default(); self.layers.len()],
+        };
+        let logits = self.forward(inputs_embeds, &mut state)?;
+        Ok((logits, state))
+    }
+
+    /// One decoding step for the ids (B,) just chosen.
+    pub fn step(&self, ids: &Tensor, state: &mut OptState) -> Result<Tensor> {
+        let embeds = self.embed(&ids.unsqueeze(1)?)?;
+        self.forward(&embeds, state)
+    }
+}

@@ -1,0 +1,127 @@
+//! Shared helpers for the parity tests: fixture paths and the transformers references.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use gstblip2::model::{EarlyStopping, GenerationParams};
+use serde_json::Value;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn model_dir(name: &str) -> PathBuf {
+    fixtures().join("models").join(name)
+}
+
+pub fn image_path(name: &str) -> PathBuf {
+    fixtures().join("images").join(name)
+}
+
+pub const MODELS: [&str; 3] = ["opt-tiny", "opt-tiny-sharded-f16", "t5-tiny"];
+
+/// One generation case recorded by scripts/gen_fixtures.py.
+pub struct Case {
+    pub name: String,
+    pub images: Vec<String>,
+    pub prompt: String,
+    pub params: GenerationParams,
+    pub input_ids: Vec<u32>,
+    pub token_ids: Vec<Vec<u32>>,
+    pub text: Vec<String>,
+}
+
+pub struct Reference {
+    pub cases: Vec<Case>,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+pub fn reference(model: &str) -> Reference {
+    let dir = fixtures().join("reference");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{model}.json"))).unwrap())
+            .unwrap();
+    let cases = json["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let p = &c["params"];
+            let early_stopping = match &p["early_stopping"] {
+                Value::Bool(true) => EarlyStopping::Always,
+                Value::String(s) if s == "never" => EarlyStopping::Never,
+                _ => EarlyStopping::Heuristic,
+            };
+            Case {
+                name: c["name"].as_str().unwrap().to_string(),
+                images: c["images"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i.as_str().unwrap().to_string())
+                    .collect(),
+                prompt: c["prompt"].as_str().unwrap().to_string(),
+                params: GenerationParams {
+                    max_new_tokens: p["max_new_tokens"].as_u64().unwrap() as usize,
+                    min_new_tokens: p["min_new_tokens"].as_u64().unwrap() as usize,
+                    num_beams: p["num_beams"].as_u64().unwrap() as usize,
+                    length_penalty: p["length_penalty"].as_f64().unwrap(),
+                    early_stopping,
+                    repetition_penalty: p["repetition_penalty"].as_f64().unwrap(),
+                    eos_token_id: p
+                        .get("eos_token_id")
+                        .and_then(|v| v.as_u64())
+                        .map(|v| v as u32),
+                    ..GenerationParams::default()
+                },
+                input_ids: ids(&c["input_ids"][0]),
+                token_ids: c["token_ids"].as_array().unwrap().iter().map(ids).collect(),
+                text: c["text"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_str().unwrap().to_string())
+                    .collect(),
+            }
+        })
+        .collect();
+    let tensors =
+        candle_core::safetensors::load(dir.join(format!("{model}.safetensors")), &Device::Cpu)
+            .unwrap();
+    Reference { cases, tensors }
+}
+
+impl Reference {
+    /// transformers' pixel values for the case's images, stacked (B, 3, S, S).
+    pub fn pixels(&self, images: &[String]) -> Tensor {
+        let list: Vec<Tensor> = images
+            .iter()
+            .map(|i| self.tensors[&format!("pixel_values.{i}")].clone())
+            .collect();
+        Tensor::stack(&list, 0).unwrap()
+    }
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
