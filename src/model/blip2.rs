@@ -19,6 +19,15 @@ use super::{
     Caption, DTypeChoice, DeviceChoice, Error, GenerationParams, Result, RgbImage, Timings,
 };
 
+/// Everything but the weights.
+struct Parts {
+    config: Blip2Config,
+    generation: GenerationDefaults,
+    image_processor: ImageProcessorConfig,
+    codec: Option<PromptCodec>,
+    warnings: Vec<String>,
+}
+
 enum LanguageModel {
     Opt(Opt),
     T5(T5),
@@ -30,7 +39,8 @@ pub struct Blip2 {
     config: Blip2Config,
     generation: GenerationDefaults,
     image_processor: ImageProcessorConfig,
-    codec: PromptCodec,
+    /// None for random-weight benchmark models.
+    codec: Option<PromptCodec>,
     vision: VisionModel,
     qformer: QFormer,
     language_projection: Linear,
@@ -116,37 +126,74 @@ impl Blip2 {
         let dtype = resolve_dtype(dtype, &device, &config.text);
         let files = WeightFiles::find(dir)?;
         let vb = files.var_builder(dtype, &device)?;
-        let weights_err = |e: candle_core::Error| Error::Weights {
+        let parts = Parts {
+            config,
+            generation,
+            image_processor,
+            codec: Some(codec),
+            warnings,
+        };
+        Self::from_parts(parts, vb, progress).map_err(|e| Error::Weights {
             path: files.origin.clone(),
             message: e.to_string(),
+        })
+    }
+
+    /// A model with random weights for `config` (benchmarks at real shapes without a download).
+    /// It has no tokenizer: prompts must be empty and captions come back as ids only.
+    pub fn random(config: Blip2Config, device: DeviceChoice, dtype: DTypeChoice) -> Result<Self> {
+        let device = resolve_device(device)?;
+        let dtype = resolve_dtype(dtype, &device, &config.text);
+        let generation = GenerationDefaults::load(Path::new("/nonexistent"), &config.text)?;
+        let image_processor = ImageProcessorConfig::with_size(config.image_size);
+        let vb = super::random_weights::var_builder(dtype, &device);
+        let parts = Parts {
+            config,
+            generation,
+            image_processor,
+            codec: None,
+            warnings: Vec::new(),
         };
+        Ok(Self::from_parts(parts, vb, &mut |_| {})?)
+    }
+
+    fn from_parts(
+        parts: Parts,
+        vb: candle_nn::VarBuilder,
+        progress: &mut dyn FnMut(&str),
+    ) -> candle_core::Result<Self> {
+        let Parts {
+            config,
+            generation,
+            image_processor,
+            codec,
+            warnings,
+        } = parts;
+        let (device, dtype) = (vb.device().clone(), vb.dtype());
         progress("loading vision encoder weights");
         let vision = VisionModel::new(
             &config.vision,
             config.patch_size,
             config.image_size,
             vb.pp("vision_model"),
-        )
-        .map_err(weights_err)?;
+        )?;
         progress("loading Q-Former weights");
         // transformers keeps the Q-Former and query tokens in f32 (`_keep_in_fp32_modules`).
         let qformer = QFormer::new(
             &config.qformer,
             config.num_query_tokens,
             vb.clone().set_dtype(DType::F32),
-        )
-        .map_err(weights_err)?;
+        )?;
         let language_projection = linear(
             config.qformer.hidden_size,
             config.text.hidden_size(),
             vb.pp("language_projection"),
-        )
-        .map_err(weights_err)?;
+        )?;
         progress("loading language model weights");
         let lm_vb = vb.pp("language_model");
         let language_model = match &config.text {
-            TextConfig::Opt(c) => LanguageModel::Opt(Opt::new(c, lm_vb).map_err(weights_err)?),
-            TextConfig::T5(c) => LanguageModel::T5(T5::new(c, lm_vb).map_err(weights_err)?),
+            TextConfig::Opt(c) => LanguageModel::Opt(Opt::new(c, lm_vb)?),
+            TextConfig::T5(c) => LanguageModel::T5(T5::new(c, lm_vb)?),
         };
         progress("model ready");
         Ok(Self {
@@ -203,7 +250,7 @@ impl Blip2 {
     pub fn input_ids(&self, prompt: &str) -> Result<Vec<u32>> {
         let image = self.config.image_token_index.unwrap_or(0);
         let mut ids = vec![image; self.config.num_query_tokens];
-        ids.extend(self.codec.encode(prompt)?);
+        ids.extend(self.encode_prompt(prompt)?);
         Ok(ids)
     }
 
@@ -212,6 +259,19 @@ impl Blip2 {
         let image_states = self.vision.forward(pixel_values)?;
         let queries = self.qformer.forward(&image_states)?.to_dtype(self.dtype)?;
         Ok(self.language_projection.forward(&queries)?)
+    }
+
+    fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        match (&self.codec, &self.config.text) {
+            (Some(codec), _) => codec.encode(prompt),
+            (None, _) if !prompt.is_empty() => Err(Error::Input(
+                "this model has no tokenizer: only an empty prompt is possible".into(),
+            )),
+            (None, TextConfig::Opt(_)) => Ok(vec![self.generation.bos_token_id.unwrap_or(2)]),
+            (None, TextConfig::T5(_)) => Ok(vec![
+                self.generation.eos_token_ids.first().copied().unwrap_or(1),
+            ]),
+        }
     }
 
     fn check_params(&self, params: &GenerationParams) -> Result<()> {
@@ -260,7 +320,7 @@ impl Blip2 {
     /// Logits of the first generated token for each image (B, vocab), f32.
     pub fn first_step_logits(&self, pixel_values: &Tensor, prompt: &str) -> Result<Tensor> {
         let embeds = self.image_embeddings(pixel_values)?;
-        let text_ids = self.codec.encode(prompt)?;
+        let text_ids = self.encode_prompt(prompt)?;
         Ok(self.prefill(&embeds, &text_ids)?.0)
     }
 
@@ -302,7 +362,7 @@ impl Blip2 {
         self.check_params(params)?;
         let batch = pixel_values.dim(0)?;
         let mut timings = Timings::default();
-        let text_ids = self.codec.encode(prompt)?;
+        let text_ids = self.encode_prompt(prompt)?;
 
         let t = Instant::now();
         let embeds = self.image_embeddings(pixel_values)?;
@@ -341,7 +401,10 @@ impl Blip2 {
             .into_iter()
             .map(|token_ids| {
                 Ok(Caption {
-                    text: self.codec.decode(&token_ids)?,
+                    text: match &self.codec {
+                        Some(codec) => codec.decode(&token_ids)?,
+                        None => String::new(),
+                    },
                     token_ids,
                 })
             })

@@ -15,6 +15,12 @@ impl ImageProcessorConfig {
             vec![],
         ))
     }
+    pub fn with_size(size: usize) -> Self {
+        Self {
+            height: size,
+            width: size,
+        }
+    }
     pub fn preprocess(&self, _image: &RgbImage) -> Vec<f32> {
         vec![0.0; 3 * self.height * self.width]
     }

@@ -1,0 +1,193 @@
+//! Benchmark: per-caption latency and throughput of BLIP-2 at several batch sizes.
+//!
+//! ```text
+//! cargo run --release --example bench -- (--preset NAME | --model DIR) [--batch 1,8,32]
+//!     [--new-tokens 20] [--runs 3] [--device auto|cpu|cuda:N] [--dtype auto|f32|f16|bf16]
+//! cargo run --release --example bench -- --print-config NAME     # the preset as transformers JSON
+//! ```
+//! Presets (random weights, real shapes): blip2-opt-2.7b, blip2-opt-6.7b, blip2-flan-t5-xl,
+//! small-opt, small-t5. Exactly `--new-tokens` tokens are generated per caption (EOS ignored),
+//! greedily. Prints one JSON object. `scripts/bench_hf.py` measures transformers the same way.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use gstblip2::model::{Blip2, DTypeChoice, DeviceChoice, GenerationParams, RgbImage, presets};
+
+struct Args {
+    preset: Option<String>,
+    model: Option<String>,
+    batches: Vec<usize>,
+    new_tokens: usize,
+    runs: usize,
+    device: DeviceChoice,
+    dtype: DTypeChoice,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        preset: None,
+        model: None,
+        batches: vec![1, 8, 32],
+        new_tokens: 20,
+        runs: 3,
+        device: DeviceChoice::Auto,
+        dtype: DTypeChoice::Auto,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--preset" => a.preset = Some(value()?),
+            "--model" => a.model = Some(value()?),
+            "--batch" => {
+                a.batches = value()?
+                    .split(',')
+                    .map(|b| {
+                        b.trim()
+                            .parse()
+                            .map_err(|_| format!("bad batch size {b:?}"))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--new-tokens" => a.new_tokens = value()?.parse().map_err(|_| "bad --new-tokens")?,
+            "--runs" => a.runs = value()?.parse().map_err(|_| "bad --runs")?,
+            "--device" => a.device = value()?.parse().map_err(|e| format!("{e}"))?,
+            "--dtype" => a.dtype = value()?.parse().map_err(|e| format!("{e}"))?,
+            "--print-config" => {
+                let name = value()?;
+                let json = presets::preset_json(&name)
+                    .ok_or_else(|| format!("unknown preset {name:?}"))?;
+                println!("{json}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if a.preset.is_none() == a.model.is_none() {
+        return Err(format!(
+            "give exactly one of --preset ({}) or --model DIR",
+            presets::PRESETS.join(", ")
+        ));
+    }
+    if a.runs == 0 || a.batches.contains(&0) {
+        return Err("--runs and batch sizes must be positive".into());
+    }
+    Ok(a)
+}
+
+/// Peak resident memory of this process (VmHWM), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// A deterministic 640x480 test picture (a gradient with texture), so preprocessing does real work.
+fn test_image(seed: usize) -> RgbImage {
+    let (w, h) = (640, 480);
+    let data = (0..w * h)
+        .flat_map(|i| {
+            let (x, y) = (i % w, i / w);
+            [
+                (x + seed * 7) as u8,
+                (y * 2 + seed) as u8,
+                ((x ^ y) + seed * 13) as u8,
+            ]
+        })
+        .collect();
+    RgbImage::new(w, h, data).expect("valid size")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn run(a: Args) -> Result<(), String> {
+    let t = Instant::now();
+    let (model, source) = match (&a.preset, &a.model) {
+        (Some(p), _) => {
+            let config = presets::preset(p)
+                .ok_or_else(|| format!("unknown preset {p:?}"))?
+                .map_err(|e| e.to_string())?;
+            (
+                Blip2::random(config, a.device, a.dtype).map_err(|e| e.to_string())?,
+                format!("preset {p} (random weights)"),
+            )
+        }
+        (_, Some(m)) => (
+            Blip2::load(std::path::Path::new(m), a.device, a.dtype, &mut |_| {})
+                .map_err(|e| e.to_string())?,
+            format!("model {m}"),
+        ),
+        _ => unreachable!("checked in parse_args"),
+    };
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let params = GenerationParams {
+        max_new_tokens: a.new_tokens,
+        min_new_tokens: a.new_tokens,
+        ignore_eos: true,
+        ..GenerationParams::default()
+    };
+    let mut results = Vec::new();
+    for &batch in &a.batches {
+        let images: Vec<RgbImage> = (0..batch).map(test_image).collect();
+        // Warm-up: first-touch of weights, allocator, kernels.
+        model
+            .caption_timed(&images, "", &params)
+            .map_err(|e| e.to_string())?;
+        let (mut total, mut pre, mut vision, mut generate) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..a.runs {
+            let t = Instant::now();
+            let (captions, timings) = model
+                .caption_timed(&images, "", &params)
+                .map_err(|e| e.to_string())?;
+            total.push(t.elapsed().as_secs_f64() * 1e3);
+            if captions.iter().any(|c| c.token_ids.len() != a.new_tokens) {
+                return Err("a caption did not have exactly --new-tokens tokens".into());
+            }
+            pre.push(timings.preprocess_ms);
+            vision.push(timings.vision_ms);
+            generate.push(timings.generate_ms);
+        }
+        let (total, generate) = (median(total), median(generate));
+        results.push(serde_json::json!({
+            "batch": batch,
+            "batch_ms": total,
+            "per_caption_ms": total / batch as f64,
+            "captions_per_s": batch as f64 * 1e3 / total,
+            "preprocess_ms": median(pre),
+            "vision_ms": median(vision),
+            "generate_ms": generate,
+            "ms_per_token_step": generate / a.new_tokens as f64,
+        }));
+    }
+    let report = serde_json::json!({
+        "implementation": "gst-blip2 (candle)",
+        "source": source,
+        "device": format!("{:?}", model.device()),
+        "dtype": format!("{:?}", model.dtype()),
+        "new_tokens": a.new_tokens,
+        "runs": a.runs,
+        "load_ms": load_ms,
+        "peak_host_rss_mib": peak_rss_mib(),
+        "results": results,
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).expect("serialisable")
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match parse_args().and_then(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The project's test command (CI runs it through .ci/run): installs the system packages the
+# build and the GStreamer tests need when they are missing, then format, lint and tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base
+          gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-tools)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+for c in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+done
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --release --locked --all-targets -- -D warnings
+echo "== cargo test --release"
+cargo test --release --locked
+echo "== benchmark smoke run (CPU, small preset)"
+cargo run --release --locked --example bench -- --preset small-opt --batch 1,2 --new-tokens 4 --runs 1
