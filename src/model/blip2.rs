@@ -283,7 +283,7 @@ impl Blip2 {
                 "beam search with sampling is not supported".into(),
             ));
         }
-        if !(params.repetition_penalty > 0.0) {
+        if params.repetition_penalty.is_nan() || params.repetition_penalty <= 0.0 {
             return Err(Error::Input("repetition_penalty must be > 0".into()));
         }
         Ok(())

@@ -16,6 +16,7 @@ pub mod processor;
 mod prompt;
 mod qformer;
 mod random_weights;
+mod resize;
 mod t5;
 mod vision;
 mod weights;

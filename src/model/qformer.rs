@@ -83,7 +83,7 @@ struct Layer {
 impl Layer {
     fn new(cfg: &QFormerConfig, index: usize, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
-        let crossattention = if index % cfg.cross_attention_frequency == 0 {
+        let crossattention = if index.is_multiple_of(cfg.cross_attention_frequency) {
             Some(AttentionBlock::new(
                 cfg,
                 cfg.encoder_hidden_size,

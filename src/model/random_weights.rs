@@ -18,7 +18,7 @@ impl SimpleBackend for RandomBackend {
     ) -> Result<Tensor> {
         match hint {
             // Norm scales: keep them at one so activations stay in range.
-            Init::Const(v) if v == 1.0 => Tensor::ones(shape, dtype, device),
+            Init::Const(1.0) => Tensor::ones(shape, dtype, device),
             // Weights and biases: small normal values, as transformers' initialiser.
             _ => Tensor::randn(0f32, 0.02, shape, device)?.to_dtype(dtype),
         }

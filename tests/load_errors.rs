@@ -1,0 +1,158 @@
+//! Broken snapshots give errors that name the file and the problem, never a panic.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::model_dir;
+use gstblip2::model::{Blip2, DTypeChoice, DeviceChoice, Error};
+
+/// A private copy of a fixture snapshot that a test may break.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn of(model: &str, tag: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("gstblip2-{}-{model}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for entry in std::fs::read_dir(model_dir(model)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+        Scratch(dir)
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+
+    fn edit_config(&self, edit: impl FnOnce(&mut serde_json::Value)) {
+        let path = self.path("config.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(path, v.to_string()).unwrap();
+    }
+
+    fn load(&self) -> Error {
+        match Blip2::load(&self.0, DeviceChoice::Cpu, DTypeChoice::F32, &mut |_| {}) {
+            Ok(_) => panic!("{} loaded although it is broken", self.0.display()),
+            Err(e) => e,
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn assert_names(err: &Error, file: &Path, words: &str) {
+    let text = err.to_string();
+    assert!(
+        text.contains(&file.display().to_string()),
+        "{text:?} should name {}",
+        file.display()
+    );
+    assert!(
+        text.to_lowercase().contains(words),
+        "{text:?} should say {words:?}"
+    );
+}
+
+#[test]
+fn missing_folder() {
+    let dir = std::env::temp_dir().join("gstblip2-no-such-model");
+    let err = Blip2::load(&dir, DeviceChoice::Cpu, DTypeChoice::F32, &mut |_| {})
+        .err()
+        .unwrap();
+    assert_names(&err, &dir, "does not exist");
+}
+
+#[test]
+fn config_missing_or_invalid() {
+    let s = Scratch::of("opt-tiny", "noconfig");
+    std::fs::remove_file(s.path("config.json")).unwrap();
+    assert_names(&s.load(), &s.path("config.json"), "no such file");
+
+    let s = Scratch::of("opt-tiny", "badjson");
+    std::fs::write(s.path("config.json"), "{ not json").unwrap();
+    assert_names(&s.load(), &s.path("config.json"), "not valid json");
+
+    let s = Scratch::of("opt-tiny", "modeltype");
+    s.edit_config(|v| v["model_type"] = "llava".into());
+    assert_names(&s.load(), &s.path("config.json"), "model_type");
+
+    let s = Scratch::of("opt-tiny", "family");
+    s.edit_config(|v| v["text_config"]["model_type"] = "llama".into());
+    assert_names(
+        &s.load(),
+        &s.path("config.json"),
+        "\"llama\" is not supported",
+    );
+
+    let s = Scratch::of("opt-tiny", "wrongtype");
+    s.edit_config(|v| v["vision_config"]["hidden_size"] = "wide".into());
+    assert_names(&s.load(), &s.path("config.json"), "vision_config");
+}
+
+#[test]
+fn weights_missing_truncated_or_misshapen() {
+    let s = Scratch::of("opt-tiny-sharded-f16", "shard");
+    std::fs::remove_file(s.path("model-00002-of-00006.safetensors")).unwrap();
+    assert_names(
+        &s.load(),
+        &s.path("model-00002-of-00006.safetensors"),
+        "missing",
+    );
+
+    let s = Scratch::of("opt-tiny", "truncated");
+    let bytes = std::fs::read(s.path("model.safetensors")).unwrap();
+    std::fs::write(s.path("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    assert_names(&s.load(), &s.path("model.safetensors"), "safetensors");
+
+    let s = Scratch::of("opt-tiny", "garbage");
+    std::fs::write(
+        s.path("model.safetensors"),
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage",
+    )
+    .unwrap();
+    assert_names(&s.load(), &s.path("model.safetensors"), "safetensors");
+
+    let s = Scratch::of("opt-tiny", "noweights");
+    std::fs::remove_file(s.path("model.safetensors")).unwrap();
+    assert_names(&s.load(), &s.0, "no model.safetensors");
+
+    // A config that disagrees with the stored tensors: the error names the tensor and shapes.
+    let s = Scratch::of("opt-tiny", "shape");
+    s.edit_config(|v| v["num_query_tokens"] = 7.into());
+    let err = s.load();
+    assert_names(&err, &s.path("model.safetensors"), "query_tokens");
+    assert!(err.to_string().contains("shape"), "{err}");
+}
+
+#[test]
+fn tokenizer_missing_or_invalid() {
+    let s = Scratch::of("t5-tiny", "notok");
+    std::fs::remove_file(s.path("tokenizer.json")).unwrap();
+    assert_names(&s.load(), &s.path("tokenizer.json"), "missing");
+
+    let s = Scratch::of("t5-tiny", "badtok");
+    std::fs::write(s.path("tokenizer.json"), "{\"model\": 3}").unwrap();
+    assert_names(
+        &s.load(),
+        &s.path("tokenizer.json"),
+        "cannot load tokenizer",
+    );
+}
+
+#[test]
+fn missing_preprocessor_settings_fall_back_with_a_warning() {
+    let s = Scratch::of("opt-tiny-sharded-f16", "nopre");
+    let _ = std::fs::remove_file(s.path("preprocessor_config.json"));
+    let _ = std::fs::remove_file(s.path("processor_config.json"));
+    let model = Blip2::load(&s.0, DeviceChoice::Cpu, DTypeChoice::F32, &mut |_| {}).unwrap();
+    assert_eq!(model.warnings().len(), 1, "{:?}", model.warnings());
+}
