@@ -373,12 +373,17 @@ impl Blip2Config {
             "vision_config.image_size must be a multiple of patch_size",
         )?;
         check(
-            vision.num_attention_heads > 0 && vision.hidden_size.is_multiple_of(vision.num_attention_heads),
+            vision.num_attention_heads > 0
+                && vision
+                    .hidden_size
+                    .is_multiple_of(vision.num_attention_heads),
             "vision_config.hidden_size must be divisible by num_attention_heads",
         )?;
         check(
             qformer.num_attention_heads > 0
-                && qformer.hidden_size.is_multiple_of(qformer.num_attention_heads),
+                && qformer
+                    .hidden_size
+                    .is_multiple_of(qformer.num_attention_heads),
             "qformer_config.hidden_size must be divisible by num_attention_heads",
         )?;
         check(
