@@ -121,22 +121,33 @@ pub fn generate_greedy_or_sample(
     let mut finished = vec![false; batch];
     let mut logits = prompt.first_logits;
     for step in 0..params.max_new_tokens {
-        let mut rows = rows_to_host(&logits)?;
+        // Plain greedy needs no logits processor: pick on the device, copy only the ids back.
+        let plain = samplers.is_none()
+            && params.repetition_penalty == 1.0
+            && (step >= params.min_new_tokens || eos.is_empty());
+        let chosen: Vec<u32> = if plain {
+            logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?
+        } else {
+            let mut rows = rows_to_host(&logits)?;
+            let mut ids = Vec::with_capacity(batch);
+            for (row, scores) in rows.iter_mut().enumerate() {
+                apply_repetition_penalty(scores, &history[row], params.repetition_penalty);
+                apply_min_new_tokens(scores, step, params, eos);
+                ids.push(match samplers.as_mut() {
+                    Some(s) => s[row]
+                        .sample(&Tensor::new(scores.as_slice(), &candle_core::Device::Cpu)?)?,
+                    None => argmax(scores),
+                });
+            }
+            ids
+        };
         let mut next = Vec::with_capacity(batch);
-        for (row, scores) in rows.iter_mut().enumerate() {
+        for (row, id) in chosen.into_iter().enumerate() {
             if finished[row] {
                 // Finished rows keep running in the batch; what they produce is discarded.
                 next.push(eos.first().copied().unwrap_or(0));
                 continue;
             }
-            apply_repetition_penalty(scores, &history[row], params.repetition_penalty);
-            apply_min_new_tokens(scores, step, params, eos);
-            let id = match samplers.as_mut() {
-                Some(s) => {
-                    s[row].sample(&Tensor::new(scores.as_slice(), &candle_core::Device::Cpu)?)?
-                }
-                None => argmax(scores),
-            };
             out[row].push(id);
             history[row].push(id);
             if eos.contains(&id) {

@@ -24,12 +24,26 @@ impl RmsNorm {
         })
     }
 
+    /// The output takes the weight's dtype: the residual stream may be f32 (see [`add`]) while
+    /// the layers run in half precision.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let dtype = xs.dtype();
         let xs32 = xs.to_dtype(DType::F32)?;
         let variance = xs32.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = xs32.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
-        normed.to_dtype(dtype)?.broadcast_mul(&self.weight)
+        normed
+            .to_dtype(self.weight.dtype())?
+            .broadcast_mul(&self.weight)
+    }
+}
+
+/// Residual addition with torch's type promotion: transformers keeps T5's `wo` in f32
+/// (`_keep_in_fp32_modules`), so in f16/bf16 the residual stream becomes f32 after the first
+/// feed-forward block and stays f32.
+fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dtype() == b.dtype() {
+        a + b
+    } else {
+        a.to_dtype(DType::F32)? + b.to_dtype(DType::F32)?
     }
 }
 
@@ -158,7 +172,8 @@ impl FeedForward {
         Ok(Self {
             wi,
             wi_1,
-            wo: linear_no_bias(cfg.d_ff, cfg.d_model, vb.pp("wo"))?,
+            // Kept in f32 whatever the compute dtype, as transformers does.
+            wo: linear_no_bias(cfg.d_ff, cfg.d_model, vb.pp("wo").set_dtype(DType::F32))?,
             act,
         })
     }
@@ -173,7 +188,7 @@ impl FeedForward {
             Some(wi_1) => (h * wi_1.forward(xs)?)?,
             None => h,
         };
-        self.wo.forward(&h)
+        self.wo.forward(&h.to_dtype(DType::F32)?)
     }
 }
 
@@ -301,8 +316,8 @@ impl T5 {
                 split_heads(&a.k.forward(&h)?, self.num_heads)?,
                 split_heads(&a.v.forward(&h)?, self.num_heads)?,
             );
-            xs = (xs + a.attend(&q, &k, &v, bias.as_ref())?)?;
-            xs = (&xs + block.ff.forward(&block.ff_norm.forward(&xs)?)?)?;
+            xs = add(&xs, &a.attend(&q, &k, &v, bias.as_ref())?)?;
+            xs = add(&xs, &block.ff.forward(&block.ff_norm.forward(&xs)?)?)?;
         }
         self.encoder_norm.forward(&xs)
     }
@@ -331,7 +346,7 @@ impl T5 {
                 split_heads(&a.k.forward(&h)?, self.num_heads)?,
                 split_heads(&a.v.forward(&h)?, self.num_heads)?,
             )?;
-            xs = (xs + a.attend(&q, &k, &v, self_bias.as_ref())?)?;
+            xs = add(&xs, &a.attend(&q, &k, &v, self_bias.as_ref())?)?;
 
             let (cross, cross_norm) = block
                 .cross_attn
@@ -346,8 +361,8 @@ impl T5 {
                     split_heads(&cross.v.forward(enc)?, self.num_heads)?,
                 ))
             })?;
-            xs = (xs + cross.attend(&q, &k, &v, None)?)?;
-            xs = (&xs + block.ff.forward(&block.ff_norm.forward(&xs)?)?)?;
+            xs = add(&xs, &cross.attend(&q, &k, &v, None)?)?;
+            xs = add(&xs, &block.ff.forward(&block.ff_norm.forward(&xs)?)?)?;
         }
         let mut last = self
             .decoder_norm
