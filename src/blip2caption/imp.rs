@@ -16,7 +16,8 @@ use gst::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
 use super::convert::ToRgb;
-use super::timeline::{Sampler, TextTimeline};
+use super::textqueue::TextQueue;
+use super::timeline::{Sampler, TextTimeline, caption_duration};
 use super::{DType, MESSAGE_NAME, META_NAME, Mode};
 use crate::engine::{self, Client, Outcome, Request, Ticket, WaitError};
 use crate::model::{DTypeChoice, DeviceChoice, GenerationParams};
@@ -219,6 +220,8 @@ pub struct Blip2Caption {
     flow_combiner: Mutex<gst_base::UniqueFlowCombiner>,
     /// Latency chosen from measured inference time when `latency` is -1.
     auto_latency: Mutex<gst::ClockTime>,
+    /// Everything for `text_src`, pushed by that pad's own task.
+    text_queue: Arc<TextQueue>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -295,7 +298,11 @@ impl Blip2Caption {
 
         self.cover_text_until(&buffer);
         let res = self.srcpad.push(buffer);
-        lock(&self.flow_combiner).update_pad_flow(&self.srcpad, res)
+        let mut combiner = lock(&self.flow_combiner);
+        if let Some(text_flow) = self.text_queue.flow() {
+            let _ = combiner.update_pad_flow(&self.textpad, text_flow);
+        }
+        combiner.update_pad_flow(&self.srcpad, res)
     }
 
     /// Decides the mode for this stream on its first buffer (asks upstream whether it is live).
@@ -341,24 +348,22 @@ impl Blip2Caption {
         if !state.sampler.should_sample(rt, settings.interval) {
             return Ok(None);
         }
-        let duration = if settings.interval.is_zero() {
-            buffer
-                .duration()
-                .or_else(|| {
-                    let fps = state.video_info.as_ref()?.fps();
-                    (fps.numer() > 0).then(|| {
-                        gst::ClockTime::SECOND
-                            .mul_div_floor(fps.denom() as u64, fps.numer() as u64)
-                            .unwrap_or(FALLBACK_FRAME_DURATION)
-                    })
+        let frame_duration = buffer.duration().or_else(|| {
+            let fps = state.video_info.as_ref()?.fps();
+            (fps.numer() > 0)
+                .then(|| {
+                    gst::ClockTime::SECOND.mul_div_floor(fps.denom() as u64, fps.numer() as u64)
                 })
-                .unwrap_or(FALLBACK_FRAME_DURATION)
-        } else {
-            settings.interval
+                .flatten()
+        });
+        let duration = match state.sampler.next_boundary() {
+            Some(next) => caption_duration(rt, next, frame_duration),
+            // interval 0: every frame is a sample, each caption lasts one frame.
+            None => frame_duration.unwrap_or(FALLBACK_FRAME_DURATION),
         };
         if state.to_rgb.is_none() {
             let Some(info) = state.video_info.as_ref() else {
-                gst::element_imp_error!(self, gst::CoreError::Negotiation, ["No caps before data"]);
+                gst::element_imp_error!(self, gst::CoreError::Negotiation, ("No caps before data"));
                 return Err(gst::FlowError::NotNegotiated);
             };
             match ToRgb::new(info) {
@@ -367,7 +372,7 @@ impl Blip2Caption {
                     gst::element_imp_error!(
                         self,
                         gst::CoreError::Negotiation,
-                        ["Cannot convert {:?} to RGB: {}", info.format(), e]
+                        ("Cannot convert {:?} to RGB: {}", info.format(), e)
                     );
                     return Err(gst::FlowError::NotNegotiated);
                 }
@@ -387,7 +392,7 @@ impl Blip2Caption {
                 gst::element_imp_warning!(
                     self,
                     gst::StreamError::Decode,
-                    ["Could not read a sampled frame: {}", e]
+                    ("Could not read a sampled frame: {}", e)
                 );
                 Ok(None)
             }
@@ -454,7 +459,7 @@ impl Blip2Caption {
                     gst::element_imp_warning!(
                         self,
                         gst::LibraryError::Failed,
-                        ["Captioning the frame at {} failed: {}", sample.pts, e]
+                        ("Captioning the frame at {} failed: {}", sample.pts, e)
                     );
                     return Ok(());
                 }
@@ -462,7 +467,7 @@ impl Blip2Caption {
                 gst::element_imp_error!(
                     self,
                     gst::LibraryError::Failed,
-                    ["Captioning the frame at {} failed: {}", sample.pts, e]
+                    ("Captioning the frame at {} failed: {}", sample.pts, e)
                 );
                 return Err(gst::FlowError::Error);
             }
@@ -549,10 +554,8 @@ impl Blip2Caption {
             b.set_duration(placement.duration);
         }
         gst::log!(CAT, imp = self, "caption buffer {:?}", text_buffer);
-        let res = self.textpad.push(text_buffer);
-        lock(&self.flow_combiner)
-            .update_pad_flow(&self.textpad, res)
-            .map(|_| ())
+        self.text_queue.push_buffer(text_buffer);
+        Ok(())
     }
 
     fn record_inference(&self, took: Duration) {
@@ -602,9 +605,7 @@ impl Blip2Caption {
     fn push_gap(&self, start: gst::ClockTime, duration: gst::ClockTime) {
         self.ensure_text_caps();
         gst::trace!(CAT, imp = self, "text gap {} + {}", start, duration);
-        let _ = self
-            .textpad
-            .push_event(gst::event::Gap::builder(start).duration(duration).build());
+        self.text_queue.push_gap(start, duration);
     }
 
     /// Picks utf8 unless downstream only takes pango-markup; re-picks on reconfigure.
@@ -632,7 +633,7 @@ impl Blip2Caption {
             state.text_caps_sent = true;
         }
         gst::debug!(CAT, imp = self, "text caps {}", caps);
-        let _ = self.textpad.push_event(gst::event::Caps::new(&caps));
+        self.text_queue.push_event(gst::event::Caps::new(&caps));
     }
 
     fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
@@ -640,7 +641,19 @@ impl Blip2Caption {
         gst::log!(CAT, obj = pad, "event {:?}", event);
         match event.view() {
             EventView::StreamStart(ev) => {
-                let group_id = ev.group_id().unwrap_or_else(gst::GroupId::next);
+                // Both streams belong to one group; make one up if upstream did not.
+                let (event, group_id) = match ev.group_id() {
+                    Some(group_id) => (event.clone(), group_id),
+                    None => {
+                        let group_id = gst::GroupId::next();
+                        let event = gst::event::StreamStart::builder(ev.stream_id())
+                            .flags(ev.stream_flags())
+                            .group_id(group_id)
+                            .seqnum(event.seqnum())
+                            .build();
+                        (event, group_id)
+                    }
+                };
                 let stream_id = self
                     .textpad
                     .create_stream_id(&*self.obj(), Some("text"))
@@ -657,7 +670,7 @@ impl Blip2Caption {
                     .flags(gst::StreamFlags::SPARSE)
                     .group_id(group_id)
                     .build();
-                let _ = self.textpad.push_event(text_start);
+                self.text_queue.push_event(text_start);
                 self.srcpad.push_event(event)
             }
             EventView::Caps(ev) => {
@@ -684,13 +697,13 @@ impl Blip2Caption {
                         gst::element_imp_error!(
                             self,
                             gst::StreamError::Format,
-                            ["Only TIME segments are supported"]
+                            ("Only TIME segments are supported")
                         );
                         return false;
                     }
                 }
                 self.ensure_text_caps();
-                let _ = self.textpad.push_event(event.clone());
+                self.text_queue.push_event(event.clone());
                 self.srcpad.push_event(event)
             }
             EventView::Gap(ev) => {
@@ -709,13 +722,17 @@ impl Blip2Caption {
                 if let Some(client) = self.client() {
                     client.interrupt();
                 }
+                self.text_queue.set_flushing();
                 let _ = self.textpad.push_event(event.clone());
+                let _ = self.textpad.pause_task();
                 self.srcpad.push_event(event)
             }
             EventView::FlushStop(_) => {
                 self.reset_after_flush();
                 lock(&self.flow_combiner).reset();
                 let _ = self.textpad.push_event(event.clone());
+                self.text_queue.reset();
+                self.start_text_task();
                 self.srcpad.push_event(event)
             }
             EventView::Eos(_) => {
@@ -723,11 +740,36 @@ impl Blip2Caption {
                 if let Err(e) = self.drain() {
                     gst::debug!(CAT, imp = self, "not draining: {:?}", e);
                 }
-                let _ = self.textpad.push_event(event.clone());
+                self.text_queue.push_event(event.clone());
                 self.srcpad.push_event(event)
             }
             _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
         }
+    }
+
+    fn start_text_task(&self) {
+        let pad = self.textpad.downgrade();
+        let queue = self.text_queue.clone();
+        let res = self.textpad.start_task(move || {
+            if let Some(pad) = pad.upgrade() {
+                queue.run_once(&pad);
+            }
+        });
+        if let Err(e) = res {
+            gst::error!(CAT, imp = self, "cannot start the text task: {e}");
+        }
+    }
+
+    fn text_activate(&self, pad: &gst::Pad, active: bool) -> Result<(), gst::LoggableError> {
+        if active {
+            self.text_queue.reset();
+            self.start_text_task();
+        } else {
+            self.text_queue.set_flushing();
+            pad.stop_task()
+                .map_err(|e| gst::loggable_error!(CAT, "cannot stop the text task: {e}"))?;
+        }
+        Ok(())
     }
 
     fn reset_after_flush(&self) {
@@ -771,7 +813,7 @@ impl Blip2Caption {
                 gst::element_imp_error!(
                     self,
                     gst::LibraryError::Settings,
-                    ["Property `device`: {}", e]
+                    ("Property `device`: {}", e)
                 );
                 return Err(gst::StateChangeError);
             }
@@ -808,11 +850,11 @@ impl Blip2Caption {
                 gst::element_imp_error!(
                     self,
                     gst::ResourceError::OpenRead,
-                    [
+                    (
                         "Failed to load model `{}` (property `model`): {}",
                         settings.model,
                         e
-                    ]
+                    )
                 );
                 Err(gst::StateChangeError)
             }
@@ -880,6 +922,16 @@ impl ObjectSubclass for Blip2Caption {
                 )
             })
             .iterate_internal_links_function(src_links)
+            .activatemode_function(|pad, parent, mode, active| {
+                Blip2Caption::catch_panic_pad_function(
+                    parent,
+                    || Err(gst::loggable_error!(CAT, "panic activating text_src")),
+                    |imp| match mode {
+                        gst::PadMode::Push => imp.text_activate(pad, active),
+                        _ => Err(gst::loggable_error!(CAT, "text_src only pushes")),
+                    },
+                )
+            })
             .build();
 
         let mut combiner = gst_base::UniqueFlowCombiner::new();
@@ -896,6 +948,7 @@ impl ObjectSubclass for Blip2Caption {
             client: Mutex::new(None),
             flow_combiner: Mutex::new(combiner),
             auto_latency: Mutex::new(gst::ClockTime::ZERO),
+            text_queue: Arc::new(TextQueue::default()),
         }
     }
 }

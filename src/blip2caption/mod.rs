@@ -8,6 +8,7 @@ use gst::prelude::*;
 
 mod convert;
 mod imp;
+mod textqueue;
 mod timeline;
 
 /// Name of the custom meta carried by video buffers (GstCustomMeta, GStreamer ≥ 1.20). Its

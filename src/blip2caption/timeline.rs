@@ -11,6 +11,11 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// The running time from which the next frame is sampled (`None` with interval 0).
+    pub fn next_boundary(&self) -> Option<ClockTime> {
+        self.next
+    }
+
     /// Starts over (flush, new stream): the next frame is sampled.
     pub fn reset(&mut self) {
         self.next = None;
@@ -29,6 +34,26 @@ impl Sampler {
             Some(ClockTime::from_nseconds(k * interval.nseconds()))
         };
         true
+    }
+}
+
+/// How long a caption for the frame at `running_time` stays up: until the next sample. The next
+/// sample is the first frame at or after `next_boundary`, so with a known `frame_duration` the
+/// span is rounded up to whole frames (remainders under 1 µs are timestamp rounding, not a
+/// frame: 7 fps frames sit at truncated multiples of 142 857 142 ns).
+pub fn caption_duration(
+    running_time: ClockTime,
+    next_boundary: ClockTime,
+    frame_duration: Option<ClockTime>,
+) -> ClockTime {
+    let span = next_boundary.saturating_sub(running_time);
+    match frame_duration.filter(|d| !d.is_zero()) {
+        Some(fd) => {
+            let (span_ns, fd_ns) = (span.nseconds(), fd.nseconds());
+            let frames = (span_ns + fd_ns).saturating_sub(1_000) / fd_ns;
+            ClockTime::from_nseconds(span_ns.max(frames * fd_ns))
+        }
+        None => span,
     }
 }
 
@@ -117,6 +142,18 @@ mod tests {
         // 25 fps, 1 s: frames 0, 25, 50.
         let got = sampled(40_000_000, 1_000_000_000, 60);
         assert_eq!(got, vec![0, 1_000_000_000, 2_000_000_000]);
+    }
+
+    #[test]
+    fn caption_lasts_until_the_next_sample() {
+        let ms = ClockTime::from_mseconds;
+        // 4 fps, 300 ms: samples at 0, 500, 750 ms.
+        assert_eq!(caption_duration(ms(0), ms(300), Some(ms(250))), ms(500));
+        assert_eq!(caption_duration(ms(500), ms(600), Some(ms(250))), ms(250));
+        // 7 fps, 1 s: exactly one second, not eight frames.
+        let fd = ClockTime::from_nseconds(142_857_142);
+        assert_eq!(caption_duration(ms(0), ms(1000), Some(fd)), ms(1000));
+        assert_eq!(caption_duration(ms(0), ms(1000), None), ms(1000));
     }
 
     #[test]

@@ -105,7 +105,8 @@ mod tests {
         std::fs::create_dir_all(repo.join("snapshots/bbb")).unwrap();
         std::fs::create_dir_all(repo.join("refs")).unwrap();
         std::fs::write(repo.join("refs/main"), "aaa\n").unwrap();
-        let got = resolve_model_in("Salesforce/blip2-opt-2.7b", &[hub.clone()]).unwrap();
+        let got =
+            resolve_model_in("Salesforce/blip2-opt-2.7b", std::slice::from_ref(&hub)).unwrap();
         assert_eq!(got, repo.join("snapshots/aaa"));
     }
 
@@ -121,7 +122,7 @@ mod tests {
     #[test]
     fn missing_model_names_what_was_tried() {
         let hub = scratch("missing");
-        let err = resolve_model_in("org/absent", &[hub.clone()])
+        let err = resolve_model_in("org/absent", std::slice::from_ref(&hub))
             .unwrap_err()
             .to_string();
         assert!(err.contains("org/absent"), "{err}");

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 #[derive(Debug)]
 pub enum Error {
     /// A file could not be read (missing, permission, ...).
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A JSON file could not be parsed or holds an invalid value.
     Config { path: PathBuf, message: String },
     /// Weights: missing shard, corrupt safetensors, missing tensor, wrong shape.
