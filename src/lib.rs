@@ -1,1 +1,29 @@
+//! gst-blip2: the `blip2caption` GStreamer element, captioning sampled video frames with BLIP-2.
+//!
+//! Three rooms with one-way doors: `blip2caption` (GStreamer) → [`engine`] (worker thread,
+//! batching, model cache) → [`model`] (pure candle).
+
+use gst::glib;
+
 pub mod model;
+
+pub mod engine;
+
+mod blip2caption;
+pub use blip2caption::{DType, MESSAGE_NAME, META_NAME, Mode};
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    blip2caption::register(plugin)
+}
+
+gst::plugin_define!(
+    blip2,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),
+    "MIT/X11",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("BUILD_REL_DATE")
+);

@@ -1,0 +1,81 @@
+//! `blip2caption`: taps raw video, samples frames, captions them with BLIP-2 on the engine's
+//! worker and sends the answers downstream as timed text, buffer meta and bus messages.
+//!
+//! GStreamer types live only in this module; the engine and the model know nothing about them.
+
+use gst::glib;
+use gst::prelude::*;
+
+mod convert;
+mod imp;
+mod textqueue;
+mod timeline;
+
+/// Name of the custom meta carried by video buffers (GstCustomMeta, GStreamer ≥ 1.20). Its
+/// structure has `text` (string), `prompt` (string), `pts` (guint64 ns, the analysed frame) and
+/// `inference-time` (guint64 ns).
+pub const META_NAME: &str = "Blip2CaptionMeta";
+
+/// Name of the element message structure posted for every caption.
+pub const MESSAGE_NAME: &str = "blip2-caption";
+
+/// When the video may wait for the model.
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstBlip2CaptionMode")]
+pub enum Mode {
+    /// `realtime` when the pipeline is live, `complete` otherwise.
+    #[default]
+    #[enum_value(
+        name = "Auto: realtime when upstream is live, complete otherwise",
+        nick = "auto"
+    )]
+    Auto,
+    /// Video never waits; a new sample replaces the one still waiting for the model.
+    #[enum_value(
+        name = "Realtime: video never waits, samples the model cannot take are dropped",
+        nick = "realtime"
+    )]
+    Realtime,
+    /// Every sample is captioned; the video waits for the model.
+    #[enum_value(
+        name = "Complete: every sample is captioned, upstream waits for the model",
+        nick = "complete"
+    )]
+    Complete,
+}
+
+/// Compute dtype, as the `dtype` property shows it.
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstBlip2CaptionDType")]
+pub enum DType {
+    #[default]
+    #[enum_value(
+        name = "Auto: f32 on CPU, f16 (OPT) or bf16 (Flan-T5) on CUDA",
+        nick = "auto"
+    )]
+    Auto,
+    #[enum_value(name = "32-bit float", nick = "f32")]
+    F32,
+    #[enum_value(name = "16-bit float", nick = "f16")]
+    F16,
+    #[enum_value(name = "bfloat16", nick = "bf16")]
+    BF16,
+}
+
+glib::wrapper! {
+    pub struct Blip2Caption(ObjectSubclass<imp::Blip2Caption>) @extends gst::Element, gst::Object;
+}
+
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    if !gst::meta::CustomMeta::is_registered(META_NAME) {
+        gst::meta::CustomMeta::register(META_NAME, &[]);
+    }
+    gst::Element::register(
+        Some(plugin),
+        "blip2caption",
+        gst::Rank::NONE,
+        Blip2Caption::static_type(),
+    )
+}

@@ -1,0 +1,534 @@
+//! One worker thread per loaded model. Elements talk to it through a [`Client`]: they submit
+//! [`Request`]s and collect [`Outcome`]s from their own mailbox. Requests that are queued
+//! together with the same prompt and generation parameters are captioned in one batch.
+
+use std::collections::{HashSet, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::Captioner;
+use crate::model::{Caption, GenerationParams, RgbImage};
+
+/// Identifies one submitted request; unique within the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// One image to caption.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub image: RgbImage,
+    pub prompt: String,
+    pub params: GenerationParams,
+    /// Largest batch this request may be part of (the submitting element's `max-batch`).
+    pub max_batch: usize,
+}
+
+/// The answer to one [`Request`].
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub ticket: Ticket,
+    pub prompt: String,
+    /// The caption, or the model's error as text (the same error goes to every request of a
+    /// failed batch).
+    pub result: Result<Caption, String>,
+    /// Wall-clock time of the `caption` call that produced it (the whole batch).
+    pub inference_time: Duration,
+    pub batch_size: usize,
+}
+
+/// Why [`Client::wait_for`] returned without an outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitError {
+    /// [`Client::interrupt`] was called (flush, state change).
+    Interrupted,
+    /// The ticket is neither queued, running nor done (cancelled, or already taken).
+    Unknown,
+}
+
+struct Job {
+    ticket: Ticket,
+    client: u64,
+    request: Request,
+    mailbox: Arc<Mailbox>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    shutdown: bool,
+}
+
+struct Shared {
+    captioner: Arc<dyn Captioner>,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct MailboxState {
+    done: VecDeque<Outcome>,
+    /// Submitted and not yet answered (queued or running).
+    in_flight: HashSet<Ticket>,
+    interrupted: bool,
+}
+
+#[derive(Default)]
+struct Mailbox {
+    state: Mutex<MailboxState>,
+    wake: Condvar,
+}
+
+static NEXT_TICKET: AtomicU64 = AtomicU64::new(1);
+static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
+
+/// A loaded model and its worker thread. Dropping the last `Arc<Engine>` stops the worker
+/// after its current batch (without waiting for it, so state changes stay prompt) and frees the
+/// model.
+pub struct Engine {
+    shared: Arc<Shared>,
+    name: String,
+}
+
+impl Engine {
+    /// Starts a worker thread around `captioner`.
+    pub fn spawn(captioner: Arc<dyn Captioner>, name: &str) -> Arc<Engine> {
+        let shared = Arc::new(Shared {
+            captioner,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+        });
+        let worker = shared.clone();
+        std::thread::Builder::new()
+            .name("blip2-worker".into())
+            .spawn(move || run(worker))
+            .expect("spawning the BLIP-2 worker thread");
+        Arc::new(Engine {
+            shared,
+            name: name.to_owned(),
+        })
+    }
+
+    /// A new client with its own mailbox; one per element.
+    pub fn client(self: &Arc<Self>) -> Client {
+        Client {
+            engine: self.clone(),
+            id: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
+            mailbox: Arc::new(Mailbox::default()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Requests waiting for the worker (not counting the batch being captioned).
+    pub fn queued(&self) -> usize {
+        lock(&self.shared.queue).jobs.len()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        lock(&self.shared.queue).shutdown = true;
+        self.shared.wake.notify_all();
+    }
+}
+
+/// One element's connection to an [`Engine`].
+pub struct Client {
+    engine: Arc<Engine>,
+    id: u64,
+    mailbox: Arc<Mailbox>,
+}
+
+impl Client {
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Queues `request` behind everything already queued.
+    pub fn submit(&self, request: Request) -> Ticket {
+        self.enqueue(request, false).0
+    }
+
+    /// Queues `request`, removing this client's requests that the worker has not started yet
+    /// (realtime: only the newest sample matters). Returns the new ticket and the replaced ones.
+    pub fn submit_replacing(&self, request: Request) -> (Ticket, Vec<Ticket>) {
+        self.enqueue(request, true)
+    }
+
+    fn enqueue(&self, request: Request, replace: bool) -> (Ticket, Vec<Ticket>) {
+        let ticket = Ticket(NEXT_TICKET.fetch_add(1, Ordering::Relaxed));
+        let mut replaced = Vec::new();
+        {
+            let mut queue = lock(&self.engine.shared.queue);
+            if replace {
+                replaced = remove_client_jobs(&mut queue, self.id);
+            }
+            // Register before the worker can see the job, so `wait_for` never misses it.
+            let mut mb = lock(&self.mailbox.state);
+            for t in &replaced {
+                mb.in_flight.remove(t);
+            }
+            mb.in_flight.insert(ticket);
+            drop(mb);
+            queue.jobs.push_back(Job {
+                ticket,
+                client: self.id,
+                request,
+                mailbox: self.mailbox.clone(),
+            });
+        }
+        self.engine.shared.wake.notify_all();
+        (ticket, replaced)
+    }
+
+    /// Removes this client's requests that have not started; returns their tickets. Requests
+    /// already running still deliver their outcome.
+    pub fn cancel_queued(&self) -> Vec<Ticket> {
+        let mut queue = lock(&self.engine.shared.queue);
+        let removed = remove_client_jobs(&mut queue, self.id);
+        let mut mb = lock(&self.mailbox.state);
+        for t in &removed {
+            mb.in_flight.remove(t);
+        }
+        removed
+    }
+
+    /// Outcomes that are ready, oldest first.
+    pub fn take_ready(&self) -> Vec<Outcome> {
+        lock(&self.mailbox.state).done.drain(..).collect()
+    }
+
+    /// Drops ready outcomes (after a flush they describe frames nobody wants any more).
+    pub fn discard_ready(&self) {
+        lock(&self.mailbox.state).done.clear();
+    }
+
+    /// Requests submitted and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.mailbox.state).in_flight.len()
+    }
+
+    /// Blocks until the outcome for `ticket` is ready and returns it (other outcomes stay in the
+    /// mailbox), or until [`Client::interrupt`].
+    pub fn wait_for(&self, ticket: Ticket) -> Result<Outcome, WaitError> {
+        let mut mb = lock(&self.mailbox.state);
+        loop {
+            if let Some(pos) = mb.done.iter().position(|o| o.ticket == ticket) {
+                return Ok(mb.done.remove(pos).expect("position is in range"));
+            }
+            if mb.interrupted {
+                return Err(WaitError::Interrupted);
+            }
+            if !mb.in_flight.contains(&ticket) {
+                return Err(WaitError::Unknown);
+            }
+            mb = self
+                .mailbox
+                .wake
+                .wait(mb)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Wakes up and refuses every [`Client::wait_for`] until [`Client::resume`] (flush-start,
+    /// PAUSED→READY).
+    pub fn interrupt(&self) {
+        lock(&self.mailbox.state).interrupted = true;
+        self.mailbox.wake.notify_all();
+    }
+
+    pub fn resume(&self) {
+        lock(&self.mailbox.state).interrupted = false;
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.cancel_queued();
+    }
+}
+
+fn remove_client_jobs(queue: &mut Queue, client: u64) -> Vec<Ticket> {
+    let mut removed = Vec::new();
+    queue.jobs.retain(|job| {
+        let mine = job.client == client;
+        if mine {
+            removed.push(job.ticket);
+        }
+        !mine
+    });
+    removed
+}
+
+/// The worker loop: take the oldest job plus every queued job that can share its `caption`
+/// call, run it, deliver the outcomes.
+fn run(shared: Arc<Shared>) {
+    loop {
+        let batch = {
+            let mut queue = lock(&shared.queue);
+            loop {
+                if queue.shutdown {
+                    return;
+                }
+                if !queue.jobs.is_empty() {
+                    break;
+                }
+                queue = shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
+            }
+            take_batch(&mut queue)
+        };
+        caption_batch(&*shared.captioner, batch);
+    }
+}
+
+fn take_batch(queue: &mut Queue) -> Vec<Job> {
+    let first = queue.jobs.pop_front().expect("queue is not empty");
+    let limit = first.request.max_batch.max(1);
+    let mut batch = vec![first];
+    let mut i = 0;
+    while batch.len() < limit && i < queue.jobs.len() {
+        let job = &queue.jobs[i];
+        let same = job.request.prompt == batch[0].request.prompt
+            && job.request.params == batch[0].request.params
+            && job.request.max_batch.max(1) > batch.len();
+        if same {
+            batch.push(queue.jobs.remove(i).expect("index is in range"));
+        } else {
+            i += 1;
+        }
+    }
+    batch
+}
+
+fn caption_batch(captioner: &dyn Captioner, mut batch: Vec<Job>) {
+    let images: Vec<RgbImage> = batch
+        .iter_mut()
+        .map(|job| {
+            std::mem::replace(
+                &mut job.request.image,
+                RgbImage {
+                    width: 0,
+                    height: 0,
+                    data: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    let prompt = batch[0].request.prompt.clone();
+    let params = batch[0].request.params.clone();
+
+    let start = Instant::now();
+    // A panicking model must not kill the worker (every element waiting on it would hang).
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        captioner.caption(&images, &prompt, &params)
+    }));
+    let inference_time = start.elapsed();
+    let n = batch.len();
+    let mut results: Vec<Result<Caption, String>> = match result {
+        Ok(Ok(captions)) if captions.len() == n => captions.into_iter().map(Ok).collect(),
+        Ok(Ok(captions)) => {
+            let msg = format!("model returned {} captions for {n} images", captions.len());
+            vec![Err(msg); n]
+        }
+        Ok(Err(e)) => vec![Err(e.to_string()); n],
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            vec![Err(format!("model panicked: {msg}")); n]
+        }
+    };
+
+    for (job, result) in batch.into_iter().zip(results.drain(..)) {
+        let mut mb = lock(&job.mailbox.state);
+        // A request cancelled while it ran is answered nowhere.
+        if mb.in_flight.remove(&job.ticket) {
+            mb.done.push_back(Outcome {
+                ticket: job.ticket,
+                prompt: prompt.clone(),
+                result,
+                inference_time,
+                batch_size: n,
+            });
+        }
+        drop(mb);
+        job.mailbox.wake.notify_all();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Result as ModelResult;
+    use std::sync::mpsc;
+
+    /// Captions each image with its first byte and the prompt; records batch sizes; can be
+    /// held at a gate so tests control when the worker finishes.
+    struct Gated {
+        gate: Mutex<mpsc::Receiver<()>>,
+        batches: Mutex<Vec<usize>>,
+    }
+
+    impl Captioner for Gated {
+        fn caption(
+            &self,
+            images: &[RgbImage],
+            prompt: &str,
+            _params: &GenerationParams,
+        ) -> ModelResult<Vec<Caption>> {
+            self.batches.lock().unwrap().push(images.len());
+            let _ = self.gate.lock().unwrap().recv();
+            Ok(images
+                .iter()
+                .map(|im| Caption {
+                    token_ids: vec![],
+                    text: format!("{prompt}{}", im.data[0]),
+                })
+                .collect())
+        }
+    }
+
+    fn gated() -> (Arc<Gated>, mpsc::Sender<()>) {
+        let (tx, rx) = mpsc::channel();
+        (
+            Arc::new(Gated {
+                gate: Mutex::new(rx),
+                batches: Mutex::new(vec![]),
+            }),
+            tx,
+        )
+    }
+
+    fn req(byte: u8, prompt: &str) -> Request {
+        Request {
+            image: RgbImage::new(1, 1, vec![byte, 0, 0]).unwrap(),
+            prompt: prompt.into(),
+            params: GenerationParams::default(),
+            max_batch: 8,
+        }
+    }
+
+    fn wait_until(cond: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            assert!(start.elapsed() < Duration::from_secs(5), "timed out");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn pending_requests_with_same_prompt_are_batched_across_clients() {
+        let (cap, gate) = gated();
+        let engine = Engine::spawn(cap.clone(), "t");
+        let (a, b) = (engine.client(), engine.client());
+        let first = a.submit(req(1, ""));
+        wait_until(|| cap.batches.lock().unwrap().len() == 1); // worker busy with `first`
+        let ta = a.submit(req(2, ""));
+        let tb = b.submit(req(3, ""));
+        let tq = b.submit(req(4, "Question: what? Answer:"));
+        for _ in 0..3 {
+            gate.send(()).unwrap();
+        }
+        assert_eq!(a.wait_for(first).unwrap().result.unwrap().text, "1");
+        assert_eq!(a.wait_for(ta).unwrap().result.unwrap().text, "2");
+        let ob = b.wait_for(tb).unwrap();
+        assert_eq!(ob.result.unwrap().text, "3");
+        assert_eq!(ob.batch_size, 2);
+        let oq = b.wait_for(tq).unwrap();
+        assert_eq!(oq.result.unwrap().text, "Question: what? Answer:4");
+        assert_eq!(*cap.batches.lock().unwrap(), vec![1, 2, 1]);
+    }
+
+    #[test]
+    fn max_batch_limits_batch_size() {
+        let (cap, gate) = gated();
+        let engine = Engine::spawn(cap.clone(), "t");
+        let c = engine.client();
+        let t0 = c.submit(req(0, ""));
+        wait_until(|| cap.batches.lock().unwrap().len() == 1);
+        let tickets: Vec<_> = (1..=5)
+            .map(|i| {
+                let mut r = req(i, "");
+                r.max_batch = 2;
+                c.submit(r)
+            })
+            .collect();
+        for _ in 0..4 {
+            gate.send(()).unwrap();
+        }
+        c.wait_for(t0).unwrap();
+        for t in tickets {
+            c.wait_for(t).unwrap();
+        }
+        assert_eq!(*cap.batches.lock().unwrap(), vec![1, 2, 2, 1]);
+    }
+
+    #[test]
+    fn replacing_drops_only_queued_requests() {
+        let (cap, gate) = gated();
+        let engine = Engine::spawn(cap.clone(), "t");
+        let c = engine.client();
+        let running = c.submit(req(1, ""));
+        wait_until(|| cap.batches.lock().unwrap().len() == 1);
+        let (queued, dropped) = c.submit_replacing(req(2, ""));
+        assert!(dropped.is_empty());
+        let (newest, dropped) = c.submit_replacing(req(3, ""));
+        assert_eq!(dropped, vec![queued]);
+        gate.send(()).unwrap();
+        gate.send(()).unwrap();
+        assert_eq!(c.wait_for(running).unwrap().result.unwrap().text, "1");
+        assert_eq!(c.wait_for(newest).unwrap().result.unwrap().text, "3");
+        assert_eq!(c.wait_for(queued).unwrap_err(), WaitError::Unknown);
+    }
+
+    #[test]
+    fn interrupt_wakes_a_waiter() {
+        let (cap, gate) = gated();
+        let engine = Engine::spawn(cap, "t");
+        let c = Arc::new(engine.client());
+        let t = c.submit(req(1, ""));
+        let waiter = {
+            let c = c.clone();
+            std::thread::spawn(move || c.wait_for(t))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        c.interrupt();
+        assert_eq!(waiter.join().unwrap().unwrap_err(), WaitError::Interrupted);
+        c.resume();
+        gate.send(()).unwrap();
+        assert!(c.wait_for(t).is_ok());
+    }
+
+    struct Panics;
+    impl Captioner for Panics {
+        fn caption(
+            &self,
+            _: &[RgbImage],
+            _: &str,
+            _: &GenerationParams,
+        ) -> ModelResult<Vec<Caption>> {
+            panic!("boom")
+        }
+    }
+
+    #[test]
+    fn a_panicking_model_becomes_an_error_and_the_worker_survives() {
+        let engine = Engine::spawn(Arc::new(Panics), "t");
+        let c = engine.client();
+        for _ in 0..2 {
+            let t = c.submit(req(1, ""));
+            let err = c.wait_for(t).unwrap().result.unwrap_err();
+            assert!(err.contains("boom"), "{err}");
+        }
+    }
+}
