@@ -39,30 +39,6 @@ const FALLBACK_FRAME_DURATION: gst::ClockTime = gst::ClockTime::from_mseconds(40
 /// Automatic latency grows in steps of this size, so it is not re-announced for every jitter.
 const LATENCY_STEP_MS: u64 = 100;
 
-const VIDEO_FORMATS: &[&str] = &[
-    "RGB",
-    "BGR",
-    "RGBA",
-    "BGRA",
-    "ARGB",
-    "ABGR",
-    "RGBx",
-    "BGRx",
-    "xRGB",
-    "xBGR",
-    "I420",
-    "YV12",
-    "NV12",
-    "NV21",
-    "YUY2",
-    "UYVY",
-    "YVYU",
-    "Y42B",
-    "Y444",
-    "GRAY8",
-    "GRAY16_LE",
-];
-
 #[derive(Debug, Clone)]
 struct Settings {
     model: String,
@@ -1162,8 +1138,11 @@ impl ElementImpl for Blip2Caption {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: Lazy<Vec<gst::PadTemplate>> = Lazy::new(|| {
+            // Every raw format the video converter can unpack: only sampled frames are
+            // converted to RGB, the video itself passes untouched.
+            let formats = gst_video::VideoFormat::iter_raw().map(|f| f.to_str());
             let video = gst::Caps::builder("video/x-raw")
-                .field("format", gst::List::new(VIDEO_FORMATS.iter().copied()))
+                .field("format", gst::List::new(formats))
                 .field("width", gst::IntRange::new(1, i32::MAX))
                 .field("height", gst::IntRange::new(1, i32::MAX))
                 .field(
