@@ -289,29 +289,60 @@ impl Blip2 {
         Ok(())
     }
 
-    /// Runs the language model over the image queries and prompt for each row, returning the
-    /// decoder positioned after the prompt.
+    /// Runs the language model over each row's image queries and prompt ids, returning the
+    /// decoder positioned after the prompt. Prompts of different lengths are padded as
+    /// transformers pads them: on the left for OPT (before the image positions), on the right
+    /// for T5, with the padding masked out.
     fn prefill(
         &self,
         image_embeds: &Tensor,
-        prompt_ids: &[u32],
+        rows: &[Vec<u32>],
     ) -> Result<(Tensor, Box<dyn Decoder + '_>)> {
-        let b = image_embeds.dim(0)?;
-        let ids = Tensor::new(prompt_ids, &self.device)?
-            .unsqueeze(0)?
-            .repeat((b, 1))?;
+        let longest = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let pad_id = self.generation.pad_token_id;
+        let padded: Vec<u32> = rows
+            .iter()
+            .flat_map(|ids| {
+                let pad = std::iter::repeat_n(pad_id, longest - ids.len());
+                match self.language_model {
+                    LanguageModel::Opt(_) => pad.chain(ids.iter().copied()).collect::<Vec<_>>(),
+                    LanguageModel::T5(_) => ids.iter().copied().chain(pad).collect(),
+                }
+            })
+            .collect();
+        let ids = Tensor::from_vec(padded, (rows.len(), longest), &self.device)?;
+        let pads: Vec<usize> = rows.iter().map(|ids| longest - ids.len()).collect();
         Ok(match &self.language_model {
             LanguageModel::Opt(opt) => {
                 let text = opt.embed(&ids)?;
                 let image = scatter_like_transformers(image_embeds, text.dim(2)?)?;
-                let embeds = Tensor::cat(&[&image, &text], 1)?;
-                let (logits, state) = opt.prefill(&embeds)?;
+                let embeds = if pads.iter().all(|&p| p == 0) {
+                    Tensor::cat(&[&image, &text], 1)?
+                } else {
+                    // Row layout [pads, image queries, prompt]: the pad embeddings are masked.
+                    let rows = (0..rows.len())
+                        .map(|b| {
+                            let text = text.get(b)?;
+                            let parts = [
+                                text.narrow(0, 0, pads[b])?,
+                                image.get(b)?,
+                                text.narrow(0, pads[b], longest - pads[b])?,
+                            ];
+                            Tensor::cat(&parts, 0)
+                        })
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    Tensor::stack(&rows, 0)?
+                };
+                let pads = pads.clone();
+                let (logits, state) = opt.prefill(&embeds, pads)?;
                 (logits, Box::new(OptDecoder { model: opt, state }))
             }
             LanguageModel::T5(t5) => {
                 let embeds = Tensor::cat(&[image_embeds, &t5.embed(&ids)?], 1)?;
+                let queries = image_embeds.dim(1)?;
+                let lens: Vec<usize> = rows.iter().map(|ids| queries + ids.len()).collect();
                 let (logits, state) =
-                    t5.prefill(&embeds, self.generation.decoder_start_token_id)?;
+                    t5.prefill(&embeds, &lens, self.generation.decoder_start_token_id)?;
                 (logits, Box::new(T5Decoder { model: t5, state }))
             }
         })
@@ -321,7 +352,8 @@ impl Blip2 {
     pub fn first_step_logits(&self, pixel_values: &Tensor, prompt: &str) -> Result<Tensor> {
         let embeds = self.image_embeddings(pixel_values)?;
         let text_ids = self.encode_prompt(prompt)?;
-        Ok(self.prefill(&embeds, &text_ids)?.0)
+        let rows = vec![text_ids; embeds.dim(0)?];
+        Ok(self.prefill(&embeds, &rows)?.0)
     }
 
     /// Captions (or answers `prompt` about) each image; all images run as one batch.
@@ -332,6 +364,28 @@ impl Blip2 {
         params: &GenerationParams,
     ) -> Result<Vec<Caption>> {
         Ok(self.caption_timed(images, prompt, params)?.0)
+    }
+
+    /// Each image with its own prompt, all in one batch (one vision pass, one decoding loop).
+    pub fn caption_each(
+        &self,
+        images: &[RgbImage],
+        prompts: &[&str],
+        params: &GenerationParams,
+    ) -> Result<Vec<Caption>> {
+        if images.len() != prompts.len() {
+            return Err(Error::Input(format!(
+                "{} images but {} prompts",
+                images.len(),
+                prompts.len()
+            )));
+        }
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .generate(&self.pixel_values(images)?, prompts, params)?
+            .0)
     }
 
     /// [`Blip2::caption`] plus the time spent in each stage.
@@ -359,10 +413,22 @@ impl Blip2 {
         prompt: &str,
         params: &GenerationParams,
     ) -> Result<(Vec<Caption>, Timings)> {
+        let prompts = vec![prompt; pixel_values.dim(0)?];
+        self.generate(pixel_values, &prompts, params)
+    }
+
+    fn generate(
+        &self,
+        pixel_values: &Tensor,
+        prompts: &[&str],
+        params: &GenerationParams,
+    ) -> Result<(Vec<Caption>, Timings)> {
         self.check_params(params)?;
-        let batch = pixel_values.dim(0)?;
         let mut timings = Timings::default();
-        let text_ids = self.encode_prompt(prompt)?;
+        let text_ids = prompts
+            .iter()
+            .map(|p| self.encode_prompt(p))
+            .collect::<Result<Vec<_>>>()?;
 
         let t = Instant::now();
         let embeds = self.image_embeddings(pixel_values)?;
@@ -375,20 +441,32 @@ impl Blip2 {
             None => self.generation.eos_token_ids.clone(),
         };
         eos.dedup();
+        // What transformers' logits processors see as `input_ids` (the repetition penalty uses
+        // it), and the prompt length its beam search subtracts from the sequence length.
+        let longest = text_ids.iter().map(Vec::len).max().unwrap_or(0);
         let (history, prompt_len) = match &self.language_model {
             LanguageModel::Opt(_) => {
-                let mut h =
-                    vec![self.config.image_token_index.unwrap_or(0); self.config.num_query_tokens];
-                h.extend(&text_ids);
-                let len = h.len();
-                (h, len)
+                let image = self.config.image_token_index.unwrap_or(0);
+                let history = text_ids
+                    .iter()
+                    .map(|ids| {
+                        let mut h = vec![self.generation.pad_token_id; longest - ids.len()];
+                        h.extend(std::iter::repeat_n(image, self.config.num_query_tokens));
+                        h.extend(ids);
+                        h
+                    })
+                    .collect();
+                (history, self.config.num_query_tokens + longest)
             }
-            LanguageModel::T5(_) => (vec![self.generation.decoder_start_token_id], 1),
+            LanguageModel::T5(_) => (
+                vec![vec![self.generation.decoder_start_token_id]; text_ids.len()],
+                1,
+            ),
         };
         let (first_logits, mut decoder) = self.prefill(&embeds, &text_ids)?;
         let prompt = Prompt {
             first_logits,
-            history: vec![history; batch],
+            history,
             eos,
         };
         let ids = if params.num_beams > 1 {
@@ -458,8 +536,7 @@ impl Decoder for OptDecoder<'_> {
     }
 
     fn select_rows(&mut self, rows: &[u32]) -> candle_core::Result<()> {
-        let rows = Tensor::new(rows, &self.model.device())?;
-        self.state.select(&rows)
+        self.state.select(rows)
     }
 }
 
@@ -475,7 +552,6 @@ impl Decoder for T5Decoder<'_> {
     }
 
     fn select_rows(&mut self, rows: &[u32]) -> candle_core::Result<()> {
-        let rows = Tensor::new(rows, &self.model.device())?;
-        self.state.select(&rows)
+        self.state.select(rows)
     }
 }

@@ -30,6 +30,10 @@ impl LayerCache {
         Ok(self.kv.clone().expect("initialised above"))
     }
 
+    pub fn device(&self) -> Option<candle_core::Device> {
+        self.kv.as_ref().map(|(k, _)| k.device().clone())
+    }
+
     pub fn len(&self) -> usize {
         self.kv
             .as_ref()

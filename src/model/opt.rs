@@ -1,7 +1,7 @@
 //! `language_model.*` for OPT checkpoints (`OPTForCausalLM`): a decoder-only LM with learned
 //! absolute positions (offset 2), ReLU FFN and a head tied to the token embeddings.
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder, embedding, linear_b, linear_no_bias};
 
 use super::config::OptConfig;
@@ -120,16 +120,50 @@ impl DecoderLayer {
     }
 }
 
-/// Decoder state between steps: per-layer KV cache and how many positions it holds.
+/// Decoder state between steps: per-layer KV cache and each row's left padding.
 #[derive(Clone)]
 pub struct OptState {
     layers: Vec<LayerCache>,
+    /// Pad positions at the start of each row (prompts of different lengths, left-padded as
+    /// transformers pads decoder-only batches).
+    pads: Vec<usize>,
 }
 
 impl OptState {
-    pub fn select(&mut self, indices: &Tensor) -> Result<()> {
-        self.layers.iter_mut().try_for_each(|c| c.select(indices))
+    /// Keeps (and duplicates) the rows named by `rows`, in that order.
+    pub fn select(&mut self, rows: &[u32]) -> Result<()> {
+        self.pads = rows.iter().map(|&r| self.pads[r as usize]).collect();
+        if let Some(device) = self.layers.first().and_then(|l| l.device()) {
+            let indices = Tensor::new(rows, &device)?;
+            self.layers
+                .iter_mut()
+                .try_for_each(|c| c.select(&indices))?;
+        }
+        Ok(())
     }
+}
+
+/// Attention mask (B, 1, len, past + len) for left-padded rows: causal, pad keys hidden. A pad
+/// query attends to itself only, so no row is fully masked (no NaN) and real rows never see pads.
+fn padded_mask(
+    pads: &[usize],
+    past: usize,
+    len: usize,
+    device: &Device,
+    dtype: DType,
+) -> Result<Tensor> {
+    let total = past + len;
+    let mut data = Vec::with_capacity(pads.len() * len * total);
+    for &pad in pads {
+        for q in 0..len {
+            let at = past + q;
+            data.extend((0..total).map(|k| {
+                let visible = k <= at && (k >= pad || k == at);
+                if visible { 0f32 } else { f32::NEG_INFINITY }
+            }));
+        }
+    }
+    Tensor::from_vec(data, (pads.len(), 1, len, total), device)?.to_dtype(dtype)
 }
 
 pub struct Opt {
@@ -212,20 +246,45 @@ impl Opt {
                 self.max_positions
             );
         }
-        // Unpadded batches: positions are simply past..past+len (cumsum(mask) - 1), plus the offset.
-        let positions = self
-            .embed_positions
-            .narrow(0, past + POSITION_OFFSET, len)?;
         let mut xs = match &self.project_in {
             Some(p) => p.forward(inputs_embeds)?,
             None => inputs_embeds.clone(),
         };
-        xs = xs.broadcast_add(&positions)?;
-        let mask = if len > 1 {
+        let mask = if state.pads.iter().all(|&p| p == 0) {
+            // Unpadded: positions are past..past+len (cumsum(mask) - 1), plus the offset.
+            let positions = self
+                .embed_positions
+                .narrow(0, past + POSITION_OFFSET, len)?;
+            xs = xs.broadcast_add(&positions)?;
             // Prefill always starts from an empty cache, so the mask is square.
-            Some(causal_mask(len, xs.device(), xs.dtype())?)
+            (len > 1)
+                .then(|| causal_mask(len, xs.device(), xs.dtype()))
+                .transpose()?
         } else {
-            None
+            // Positions count real tokens only (cumsum(mask) - 1); pads get -1, as in transformers.
+            let ids: Vec<u32> = state
+                .pads
+                .iter()
+                .flat_map(|&pad| {
+                    (past..past + len).map(move |p| {
+                        ((p as i64 - pad as i64).max(-1) + POSITION_OFFSET as i64) as u32
+                    })
+                })
+                .collect();
+            let b = state.pads.len();
+            let ids = Tensor::from_vec(ids, b * len, xs.device())?;
+            let positions = self
+                .embed_positions
+                .index_select(&ids, 0)?
+                .reshape((b, len, ()))?;
+            xs = (xs + positions)?;
+            Some(padded_mask(
+                &state.pads,
+                past,
+                len,
+                xs.device(),
+                xs.dtype(),
+            )?)
         };
         for (layer, cache) in self.layers.iter().zip(state.layers.iter_mut()) {
             xs = layer.forward(&xs, mask.as_ref(), cache)?;
@@ -240,10 +299,12 @@ impl Opt {
         last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)
     }
 
-    /// Prefill: image queries + prompt embeddings at once.
-    pub fn prefill(&self, inputs_embeds: &Tensor) -> Result<(Tensor, OptState)> {
+    /// Prefill: image queries + prompt embeddings at once; `pads[b]` leading positions of row b
+    /// are padding.
+    pub fn prefill(&self, inputs_embeds: &Tensor, pads: Vec<usize>) -> Result<(Tensor, OptState)> {
         let mut state = OptState {
             layers: vec![LayerCache::default(); self.layers.len()],
+            pads,
         };
         let logits = self.forward(inputs_embeds, &mut state)?;
         Ok((logits, state))

@@ -224,25 +224,58 @@ impl Block {
     }
 }
 
-/// Decoder state: self-attention caches, cross-attention K/V (computed once) and the encoder output.
+/// Decoder state: self-attention caches, cross-attention K/V (computed once), the encoder
+/// output and, for right-padded prompts of different lengths, the mask hiding encoder pads.
 #[derive(Clone)]
 pub struct T5State {
     self_caches: Vec<LayerCache>,
     cross_caches: Vec<LayerCache>,
     encoder_states: Tensor,
+    encoder_mask: Option<Tensor>,
 }
 
 impl T5State {
-    pub fn select(&mut self, indices: &Tensor) -> Result<()> {
+    /// Keeps (and duplicates) the rows named by `rows`, in that order.
+    pub fn select(&mut self, rows: &[u32]) -> Result<()> {
+        let indices = Tensor::new(rows, self.encoder_states.device())?;
         self.self_caches
             .iter_mut()
-            .try_for_each(|c| c.select(indices))?;
+            .try_for_each(|c| c.select(&indices))?;
         self.cross_caches
             .iter_mut()
-            .try_for_each(|c| c.select(indices))?;
-        self.encoder_states = self.encoder_states.index_select(indices, 0)?;
+            .try_for_each(|c| c.select(&indices))?;
+        self.encoder_states = self.encoder_states.index_select(&indices, 0)?;
+        if let Some(mask) = &self.encoder_mask {
+            self.encoder_mask = Some(mask.index_select(&indices, 0)?);
+        }
         Ok(())
     }
+}
+
+/// (B, 1, 1, S) additive mask: 0 for each row's first `lens[b]` positions, -inf after.
+fn key_padding_mask(lens: &[usize], total: usize, device: &Device) -> Result<Option<Tensor>> {
+    if lens.iter().all(|&l| l == total) {
+        return Ok(None);
+    }
+    let data: Vec<f32> = lens
+        .iter()
+        .flat_map(|&l| (0..total).map(move |k| if k < l { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Ok(Some(Tensor::from_vec(
+        data,
+        (lens.len(), 1, 1, total),
+        device,
+    )?))
+}
+
+/// Position bias and padding mask combined (either may be absent).
+fn combine(bias: Option<&Tensor>, mask: Option<&Tensor>) -> Result<Option<Tensor>> {
+    Ok(match (bias, mask) {
+        (Some(b), Some(m)) => Some(b.to_dtype(DType::F32)?.broadcast_add(m)?),
+        (Some(b), None) => Some(b.clone()),
+        (None, Some(m)) => Some(m.clone()),
+        (None, None) => None,
+    })
 }
 
 pub struct T5 {
@@ -301,12 +334,13 @@ impl T5 {
         self.lm_head.device().clone()
     }
 
-    /// Encoder over image queries + prompt embeddings (B, L, d_model), no padding.
-    fn encode(&self, inputs_embeds: &Tensor) -> Result<Tensor> {
+    /// Encoder over image queries + prompt embeddings (B, L, d_model), right-padded by `mask`.
+    fn encode(&self, inputs_embeds: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let len = inputs_embeds.dim(1)?;
         let bias = self.encoder[0]
             .self_attn
             .position_bias(0, len, len, inputs_embeds.device())?;
+        let bias = combine(bias.as_ref(), mask)?;
         let mut xs = inputs_embeds.clone();
         for block in &self.encoder {
             let h = block.self_norm.forward(&xs)?;
@@ -361,7 +395,7 @@ impl T5 {
                     split_heads(&cross.v.forward(enc)?, self.num_heads)?,
                 ))
             })?;
-            xs = add(&xs, &cross.attend(&q, &k, &v, None)?)?;
+            xs = add(&xs, &cross.attend(&q, &k, &v, state.encoder_mask.as_ref())?)?;
             xs = add(&xs, &block.ff.forward(&block.ff_norm.forward(&xs)?)?)?;
         }
         let mut last = self
@@ -373,13 +407,21 @@ impl T5 {
         last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)
     }
 
-    /// Encodes the inputs and runs the decoder start token.
-    pub fn prefill(&self, inputs_embeds: &Tensor, decoder_start: u32) -> Result<(Tensor, T5State)> {
-        let b = inputs_embeds.dim(0)?;
+    /// Encodes the inputs (row b's first `lens[b]` positions are real, the rest padding) and
+    /// runs the decoder start token.
+    pub fn prefill(
+        &self,
+        inputs_embeds: &Tensor,
+        lens: &[usize],
+        decoder_start: u32,
+    ) -> Result<(Tensor, T5State)> {
+        let (b, total, _) = inputs_embeds.dims3()?;
+        let encoder_mask = key_padding_mask(lens, total, inputs_embeds.device())?;
         let mut state = T5State {
             self_caches: vec![LayerCache::default(); self.decoder.len()],
             cross_caches: vec![LayerCache::default(); self.decoder.len()],
-            encoder_states: self.encode(inputs_embeds)?,
+            encoder_states: self.encode(inputs_embeds, encoder_mask.as_ref())?,
+            encoder_mask,
         };
         let start = Tensor::full(decoder_start, (b, 1), inputs_embeds.device())?;
         let logits = self.decode(&start, &mut state)?;
