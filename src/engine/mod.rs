@@ -32,6 +32,43 @@ pub trait Captioner: Send + Sync {
         prompt: &str,
         params: &GenerationParams,
     ) -> model::Result<Vec<Caption>>;
+
+    /// Each image with its own prompt. The default runs one `caption` call per distinct prompt;
+    /// BLIP-2 overrides it with one padded batch.
+    fn caption_each(
+        &self,
+        images: &[RgbImage],
+        prompts: &[&str],
+        params: &GenerationParams,
+    ) -> model::Result<Vec<Caption>> {
+        let mut out: Vec<Option<Caption>> = vec![None; images.len()];
+        let mut done = vec![false; images.len()];
+        for i in 0..images.len() {
+            if done[i] {
+                continue;
+            }
+            let group: Vec<usize> = (i..images.len())
+                .filter(|&j| !done[j] && prompts[j] == prompts[i])
+                .collect();
+            let batch: Vec<RgbImage> = group.iter().map(|&j| images[j].clone()).collect();
+            let captions = self.caption(&batch, prompts[i], params)?;
+            if captions.len() != group.len() {
+                return Err(model::Error::Input(format!(
+                    "model returned {} captions for {} images",
+                    captions.len(),
+                    group.len()
+                )));
+            }
+            for (&j, caption) in group.iter().zip(captions) {
+                out[j] = Some(caption);
+                done[j] = true;
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|c| c.expect("every image is in a group"))
+            .collect())
+    }
 }
 
 impl Captioner for model::Blip2 {
@@ -42,6 +79,15 @@ impl Captioner for model::Blip2 {
         params: &GenerationParams,
     ) -> model::Result<Vec<Caption>> {
         model::Blip2::caption(self, images, prompt, params)
+    }
+
+    fn caption_each(
+        &self,
+        images: &[RgbImage],
+        prompts: &[&str],
+        params: &GenerationParams,
+    ) -> model::Result<Vec<Caption>> {
+        model::Blip2::caption_each(self, images, prompts, params)
     }
 }
 

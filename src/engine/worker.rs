@@ -292,8 +292,8 @@ fn take_batch(queue: &mut Queue) -> Vec<Job> {
     let mut i = 0;
     while batch.len() < limit && i < queue.jobs.len() {
         let job = &queue.jobs[i];
-        let same = job.request.prompt == batch[0].request.prompt
-            && job.request.params == batch[0].request.params
+        // Prompts may differ: the model pads them into one batch.
+        let same = job.request.params == batch[0].request.params
             && job.request.max_batch.max(1) > batch.len();
         if same {
             batch.push(queue.jobs.remove(i).expect("index is in range"));
@@ -318,13 +318,14 @@ fn caption_batch(captioner: &dyn Captioner, mut batch: Vec<Job>) {
             )
         })
         .collect();
-    let prompt = batch[0].request.prompt.clone();
+    let prompts: Vec<String> = batch.iter().map(|job| job.request.prompt.clone()).collect();
     let params = batch[0].request.params.clone();
 
     let start = Instant::now();
     // A panicking model must not kill the worker (every element waiting on it would hang).
     let result = catch_unwind(AssertUnwindSafe(|| {
-        captioner.caption(&images, &prompt, &params)
+        let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        captioner.caption_each(&images, &prompts, &params)
     }));
     let inference_time = start.elapsed();
     let n = batch.len();
@@ -345,13 +346,13 @@ fn caption_batch(captioner: &dyn Captioner, mut batch: Vec<Job>) {
         }
     };
 
-    for (job, result) in batch.into_iter().zip(results.drain(..)) {
+    for ((job, result), prompt) in batch.into_iter().zip(results.drain(..)).zip(prompts) {
         let mut mb = lock(&job.mailbox.state);
         // A request cancelled while it ran is answered nowhere.
         if mb.in_flight.remove(&job.ticket) {
             mb.done.push_back(Outcome {
                 ticket: job.ticket,
-                prompt: prompt.clone(),
+                prompt,
                 result,
                 inference_time,
                 batch_size: n,
@@ -427,7 +428,7 @@ mod tests {
     }
 
     #[test]
-    fn pending_requests_with_same_prompt_are_batched_across_clients() {
+    fn pending_requests_are_batched_across_clients_and_prompts() {
         let (cap, gate) = gated();
         let engine = Engine::spawn(cap.clone(), "t");
         let (a, b) = (engine.client(), engine.client());
@@ -443,9 +444,12 @@ mod tests {
         assert_eq!(a.wait_for(ta).unwrap().result.unwrap().text, "2");
         let ob = b.wait_for(tb).unwrap();
         assert_eq!(ob.result.unwrap().text, "3");
-        assert_eq!(ob.batch_size, 2);
+        // One engine batch of three; this fake has no padded batching, so the default
+        // `caption_each` calls it once per prompt.
+        assert_eq!(ob.batch_size, 3);
         let oq = b.wait_for(tq).unwrap();
         assert_eq!(oq.result.unwrap().text, "Question: what? Answer:4");
+        assert_eq!(oq.batch_size, 3);
         assert_eq!(*cap.batches.lock().unwrap(), vec![1, 2, 1]);
     }
 
