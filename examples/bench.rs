@@ -100,6 +100,67 @@ fn test_image(seed: usize) -> RgbImage {
     RgbImage::new(w, h, data).expect("valid size")
 }
 
+/// Samples the device's used memory (total - free) every 5 ms while alive; the peak is an
+/// approximation of the run's peak (the allocator gives no statistics).
+struct DeviceMemoryWatch {
+    peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DeviceMemoryWatch {
+    fn start(device: &candle_core::Device) -> Option<Self> {
+        let used = device_used_bytes(device)?;
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(used()?));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(u) = used() {
+                    p.fetch_max(u, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        });
+        Some(Self {
+            peak,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn peak_mib(mut self) -> f64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / (1024.0 * 1024.0)
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn device_used_bytes(
+    device: &candle_core::Device,
+) -> Option<impl Fn() -> Option<usize> + Send + 'static> {
+    let context = device
+        .as_cuda_device()
+        .ok()?
+        .cuda_stream()
+        .context()
+        .clone();
+    Some(move || {
+        context
+            .mem_get_info()
+            .ok()
+            .map(|(free, total)| total - free)
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn device_used_bytes(_device: &candle_core::Device) -> Option<fn() -> Option<usize>> {
+    None
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -131,6 +192,7 @@ fn run(a: Args) -> Result<(), String> {
         ignore_eos: true,
         ..GenerationParams::default()
     };
+    let watch = DeviceMemoryWatch::start(model.device());
     let mut results = Vec::new();
     for &batch in &a.batches {
         let images: Vec<RgbImage> = (0..batch).map(test_image).collect();
@@ -173,6 +235,7 @@ fn run(a: Args) -> Result<(), String> {
         "runs": a.runs,
         "load_ms": load_ms,
         "peak_host_rss_mib": peak_rss_mib(),
+        "peak_device_used_mib": watch.map(DeviceMemoryWatch::peak_mib),
         "results": results,
     });
     println!(
