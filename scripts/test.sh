@@ -28,3 +28,22 @@ echo "== cargo test --release"
 cargo test --release --locked
 echo "== benchmark smoke run (CPU, small preset)"
 cargo run --release --locked --example bench -- --preset small-opt --batch 1,2 --new-tokens 4 --runs 1
+
+# The CUDA variant is compiled (not run: no GPU here) when the CUDA toolkit script that sits
+# beside the checkout is available; it installs nvcc from PyPI wheels. Type-checking needs no
+# linking, so the toolkit's link flags are left out and the CPU build's artifacts are reused.
+toolkit="$(cd .. && pwd)/shared/cuda/toolkit.sh"
+if [ "${SKIP_CUDA_CHECK:-0}" = 1 ]; then
+  echo "== CUDA compile check skipped (SKIP_CUDA_CHECK=1)"
+elif [ -f "$toolkit" ]; then
+  echo "== cargo check --features cuda (compile-only)"
+  (
+    saved_rustflags="${RUSTFLAGS-}"
+    # shellcheck disable=SC1090
+    source "$toolkit" >/dev/null
+    export RUSTFLAGS="$saved_rustflags"
+    cargo check --release --locked --features cuda --all-targets
+  )
+else
+  echo "== CUDA compile check skipped: $toolkit not found"
+fi
