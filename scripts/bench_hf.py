@@ -13,7 +13,12 @@ import time
 
 import numpy as np
 import torch
-from transformers import Blip2Config, Blip2ForConditionalGeneration, BlipImageProcessorPil
+from transformers import Blip2Config, Blip2ForConditionalGeneration
+
+try:  # the PIL backend, as the Rust side implements it (transformers >= 5.2x)
+    from transformers import BlipImageProcessorPil as ImageProcessor
+except ImportError:
+    from transformers import BlipImageProcessor as ImageProcessor
 
 
 def main():
@@ -34,7 +39,7 @@ def main():
         model = Blip2ForConditionalGeneration(config).to(dtype).eval()
     load_ms = (time.perf_counter() - t) * 1e3
     size = config.vision_config.image_size
-    processor = BlipImageProcessorPil(size={"height": size, "width": size})
+    processor = ImageProcessor(size={"height": size, "width": size})
     start = [config.image_token_index] * config.num_query_tokens
     start += [config.text_config.bos_token_id] if not config.text_config.is_encoder_decoder else [1]
 
