@@ -10,6 +10,7 @@ mod error;
 pub mod generate;
 mod image_file;
 mod kv_cache;
+mod language_model;
 mod opt;
 pub mod presets;
 pub mod processor;
