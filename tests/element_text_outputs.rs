@@ -4,7 +4,6 @@ mod gst_common;
 
 use std::time::Duration;
 
-use gst::prelude::*;
 use gst_common::*;
 
 #[test]
