@@ -32,6 +32,12 @@ pub trait Captioner: Send + Sync {
         prompt: &str,
         params: &GenerationParams,
     ) -> model::Result<Vec<Caption>>;
+
+    /// Problems the loader worked around (for example missing preprocessor settings), for the
+    /// element to post as warnings.
+    fn load_warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl Captioner for model::Blip2 {
@@ -42,6 +48,10 @@ impl Captioner for model::Blip2 {
         params: &GenerationParams,
     ) -> model::Result<Vec<Caption>> {
         model::Blip2::caption(self, images, prompt, params)
+    }
+
+    fn load_warnings(&self) -> Vec<String> {
+        self.warnings().to_vec()
     }
 }
 

@@ -47,6 +47,13 @@ impl Blip2Caption {
         ) {
             Ok(engine) => {
                 gst::info!(CAT, imp = self, "model {} ready", engine.name());
+                for warning in engine.load_warnings() {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::ResourceError::Settings,
+                        ("Model `{}` (property `model`): {}", settings.model, warning)
+                    );
+                }
                 *lock(&self.client) = Some(Arc::new(engine.client()));
                 post(gst::ProgressType::Complete, "Model loaded");
                 Ok(())
@@ -56,12 +63,18 @@ impl Blip2Caption {
                     gst::ProgressType::Error,
                     &format!("Model loading failed: {e}"),
                 );
+                // A device that is not there is the `device` property's fault, not the model's.
+                let property = match &e {
+                    crate::model::Error::Input(m) if m.starts_with("device ") => "device",
+                    _ => "model",
+                };
                 gst::element_imp_error!(
                     self,
                     gst::ResourceError::OpenRead,
                     (
-                        "Failed to load model `{}` (property `model`): {}",
+                        "Failed to load model `{}` (property `{}`): {}",
                         settings.model,
+                        property,
                         e
                     )
                 );
