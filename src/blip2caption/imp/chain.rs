@@ -110,17 +110,6 @@ impl Blip2Caption {
         buffer: &gst::Buffer,
     ) -> Result<Option<(Sample, crate::model::RgbImage)>, gst::FlowError> {
         let mut state = lock(&self.state);
-        let Some(pts) = buffer.pts() else {
-            return Ok(None);
-        };
-        let running_time = state.segment.to_running_time(pts);
-        // Frames outside the segment are not shown, so they are not captioned either.
-        let Some(rt) = running_time else {
-            return Ok(None);
-        };
-        if !state.sampler.should_sample(rt, settings.interval) {
-            return Ok(None);
-        }
         let frame_duration = buffer.duration().or_else(|| {
             let fps = state.video_info.as_ref()?.fps();
             (fps.numer() > 0)
@@ -129,6 +118,24 @@ impl Blip2Caption {
                 })
                 .flatten()
         });
+        // A frame without PTS is placed right after the previous frame (arrival order; the
+        // first one at the segment start), so sampling and caption times still advance.
+        let pts = match buffer.pts() {
+            Some(pts) => pts,
+            None => state
+                .next_pts
+                .or(state.segment.start())
+                .unwrap_or(gst::ClockTime::ZERO),
+        };
+        state.next_pts = Some(pts + frame_duration.unwrap_or(FALLBACK_FRAME_DURATION));
+        let running_time = state.segment.to_running_time(pts);
+        // Frames outside the segment are not shown, so they are not captioned either.
+        let Some(rt) = running_time else {
+            return Ok(None);
+        };
+        if !state.sampler.should_sample(rt, settings.interval) {
+            return Ok(None);
+        }
         let duration = match state.sampler.next_boundary() {
             Some(next) => caption_duration(rt, next, frame_duration),
             // interval 0: every frame is a sample, each caption lasts one frame.

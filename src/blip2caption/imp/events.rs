@@ -157,6 +157,7 @@ impl Blip2Caption {
         let mut state = lock(&self.state);
         state.pending.clear();
         state.sampler.reset();
+        state.next_pts = None;
         state.text.reset();
     }
 

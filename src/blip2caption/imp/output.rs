@@ -74,13 +74,39 @@ impl Blip2Caption {
             Ok(caption) => caption,
             Err(e) => {
                 lock(&self.stats).inference_failures += 1;
+                let e = if e.contains("max_position_embeddings") {
+                    format!(
+                        "{e}: the prompt (property `prompt`, {} characters) is too long for \
+                         this model",
+                        outcome.prompt.chars().count()
+                    )
+                } else {
+                    e
+                };
                 if realtime {
                     // Live video keeps flowing; one failed sample is not worth stopping for.
-                    gst::element_imp_warning!(
-                        self,
-                        gst::LibraryError::Failed,
-                        ("Captioning the frame at {} failed: {}", sample.pts, e)
-                    );
+                    // The same failure again and again is posted once (until a caption
+                    // succeeds), so a pipeline running for days does not flood the bus.
+                    let repeated = {
+                        let mut state = lock(&self.state);
+                        let repeated = state.last_failure.as_deref() == Some(e.as_str());
+                        state.last_failure = Some(e.clone());
+                        repeated
+                    };
+                    if repeated {
+                        gst::debug!(
+                            CAT,
+                            imp = self,
+                            "captioning {} failed again: {e}",
+                            sample.pts
+                        );
+                    } else {
+                        gst::element_imp_warning!(
+                            self,
+                            gst::LibraryError::Failed,
+                            ("Captioning the frame at {} failed: {}", sample.pts, e)
+                        );
+                    }
                     return Ok(());
                 }
                 // Complete mode promised a caption for every sample.
@@ -92,6 +118,7 @@ impl Blip2Caption {
                 return Err(gst::FlowError::Error);
             }
         };
+        lock(&self.state).last_failure = None;
         let text = caption.text.trim().to_owned();
 
         if let Some(buffer) = buffer {

@@ -63,6 +63,10 @@ pub(super) struct State {
     pub(super) live: bool,
     pub(super) text_markup: bool,
     pub(super) text_caps_sent: bool,
+    /// Where the previous frame ended: the stand-in PTS of a frame that has none.
+    pub(super) next_pts: Option<gst::ClockTime>,
+    /// The last inference error posted as a warning (realtime), until a caption succeeds.
+    pub(super) last_failure: Option<String>,
 }
 
 impl Default for State {
@@ -78,6 +82,8 @@ impl Default for State {
             live: false,
             text_markup: false,
             text_caps_sent: false,
+            next_pts: None,
+            last_failure: None,
         }
     }
 }
