@@ -69,6 +69,12 @@ pub trait Captioner: Send + Sync {
             .map(|c| c.expect("every image is in a group"))
             .collect())
     }
+
+    /// Problems the loader worked around (for example missing preprocessor settings), for the
+    /// element to post as warnings.
+    fn load_warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl Captioner for model::Blip2 {
@@ -88,6 +94,10 @@ impl Captioner for model::Blip2 {
         params: &GenerationParams,
     ) -> model::Result<Vec<Caption>> {
         model::Blip2::caption_each(self, images, prompts, params)
+    }
+
+    fn load_warnings(&self) -> Vec<String> {
+        self.warnings().to_vec()
     }
 }
 

@@ -123,6 +123,11 @@ impl Engine {
         &self.name
     }
 
+    /// What the model's loader worked around; see [`Captioner::load_warnings`].
+    pub fn load_warnings(&self) -> Vec<String> {
+        self.shared.captioner.load_warnings()
+    }
+
     /// Requests waiting for the worker (not counting the batch being captioned).
     pub fn queued(&self) -> usize {
         lock(&self.shared.queue).jobs.len()

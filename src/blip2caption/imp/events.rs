@@ -1,0 +1,182 @@
+//! Events and queries: the sink pad's events (stream-start, caps, segment, gap, flushes, EOS),
+//! the text pad's task, and the LATENCY query on the src pads.
+
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use super::state::State;
+use super::{Blip2Caption, CAT, lock};
+
+impl Blip2Caption {
+    pub(super) fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
+        use gst::EventView;
+        gst::log!(CAT, obj = pad, "event {:?}", event);
+        match event.view() {
+            EventView::StreamStart(ev) => {
+                // Both streams belong to one group; make one up if upstream did not.
+                let (event, group_id) = match ev.group_id() {
+                    Some(group_id) => (event.clone(), group_id),
+                    None => {
+                        let group_id = gst::GroupId::next();
+                        let event = gst::event::StreamStart::builder(ev.stream_id())
+                            .flags(ev.stream_flags())
+                            .group_id(group_id)
+                            .seqnum(event.seqnum())
+                            .build();
+                        (event, group_id)
+                    }
+                };
+                let stream_id = self
+                    .textpad
+                    .create_stream_id(&*self.obj(), Some("text"))
+                    .to_string();
+                {
+                    let mut state = lock(&self.state);
+                    let info = state.video_info.take();
+                    *state = State {
+                        video_info: info,
+                        ..State::default()
+                    };
+                }
+                let text_start = gst::event::StreamStart::builder(&stream_id)
+                    .flags(gst::StreamFlags::SPARSE)
+                    .group_id(group_id)
+                    .build();
+                self.text_queue.push_event(text_start);
+                self.srcpad.push_event(event)
+            }
+            EventView::Caps(ev) => {
+                let info = match gst_video::VideoInfo::from_caps(ev.caps()) {
+                    Ok(info) => info,
+                    Err(_) => {
+                        gst::error!(CAT, obj = pad, "unusable caps {}", ev.caps());
+                        return false;
+                    }
+                };
+                {
+                    let mut state = lock(&self.state);
+                    state.video_info = Some(info);
+                    state.to_rgb = None;
+                }
+                // Text caps go out early: matroskamux waits for caps on every pad.
+                self.ensure_text_caps();
+                self.srcpad.push_event(event)
+            }
+            EventView::Segment(ev) => {
+                match ev.segment().clone().downcast::<gst::ClockTime>() {
+                    Ok(segment) => lock(&self.state).segment = segment,
+                    Err(_) => {
+                        gst::element_imp_error!(
+                            self,
+                            gst::StreamError::Format,
+                            ("Only TIME segments are supported")
+                        );
+                        return false;
+                    }
+                }
+                self.ensure_text_caps();
+                self.text_queue.push_event(event.clone());
+                self.srcpad.push_event(event)
+            }
+            EventView::Gap(ev) => {
+                // Upstream has no video for a while: the text pad has nothing there either.
+                let (start, duration) = ev.get();
+                let end = start + duration.unwrap_or(gst::ClockTime::from_nseconds(1));
+                let gap = lock(&self.state).text.gap_to(start, end);
+                if let Some((s, d)) = gap {
+                    self.push_gap(s, d);
+                }
+                self.srcpad.push_event(event)
+            }
+            EventView::FlushStart(_) => {
+                // Wake a chain function waiting for the model, so the flush can take the
+                // stream lock.
+                if let Some(client) = self.client() {
+                    client.interrupt();
+                }
+                self.text_queue.set_flushing();
+                let _ = self.textpad.push_event(event.clone());
+                let _ = self.textpad.pause_task();
+                self.srcpad.push_event(event)
+            }
+            EventView::FlushStop(_) => {
+                self.reset_after_flush();
+                lock(&self.flow_combiner).reset();
+                let _ = self.textpad.push_event(event.clone());
+                self.text_queue.reset();
+                self.start_text_task();
+                self.srcpad.push_event(event)
+            }
+            EventView::Eos(_) => {
+                // Nothing is lost: captions still being computed are waited for.
+                if let Err(e) = self.drain() {
+                    gst::debug!(CAT, imp = self, "not draining: {:?}", e);
+                }
+                self.text_queue.push_event(event.clone());
+                self.srcpad.push_event(event)
+            }
+            _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
+        }
+    }
+
+    pub(super) fn start_text_task(&self) {
+        let pad = self.textpad.downgrade();
+        let queue = self.text_queue.clone();
+        let res = self.textpad.start_task(move || {
+            if let Some(pad) = pad.upgrade() {
+                queue.run_once(&pad);
+            }
+        });
+        if let Err(e) = res {
+            gst::error!(CAT, imp = self, "cannot start the text task: {e}");
+        }
+    }
+
+    pub(super) fn text_activate(
+        &self,
+        pad: &gst::Pad,
+        active: bool,
+    ) -> Result<(), gst::LoggableError> {
+        if active {
+            self.text_queue.reset();
+            self.start_text_task();
+        } else {
+            self.text_queue.set_flushing();
+            pad.stop_task()
+                .map_err(|e| gst::loggable_error!(CAT, "cannot stop the text task: {e}"))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn reset_after_flush(&self) {
+        if let Some(client) = self.client() {
+            client.cancel_queued();
+            client.discard_ready();
+            client.resume();
+        }
+        let mut state = lock(&self.state);
+        state.pending.clear();
+        state.sampler.reset();
+        state.next_pts = None;
+        state.text.reset();
+    }
+
+    pub(super) fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
+        if let gst::QueryViewMut::Latency(q) = query.view_mut() {
+            let mut upstream = gst::query::Latency::new();
+            if !self.sinkpad.peer_query(&mut upstream) {
+                return false;
+            }
+            let (live, min, max) = upstream.result();
+            if live {
+                let ours = self.latency();
+                q.set(true, min + ours, max.map(|m| m + ours));
+                gst::debug!(CAT, obj = pad, "latency: upstream {min}, ours {ours}");
+            } else {
+                q.set(false, min, max);
+            }
+            return true;
+        }
+        gst::Pad::query_default(pad, Some(&*self.obj()), query)
+    }
+}

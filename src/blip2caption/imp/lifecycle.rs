@@ -1,0 +1,132 @@
+//! State changes: loading (or sharing) the model on NULL→READY, waking waiters on PAUSED→READY,
+//! resetting streaming state, freeing the model on READY→NULL.
+
+use std::sync::Arc;
+
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use super::properties::{dtype_choice, parse_device};
+use super::state::{State, Stats};
+use super::{Blip2Caption, CAT, lock};
+use crate::engine;
+
+impl Blip2Caption {
+    /// NULL→READY: resolve and load the model (or share an already loaded one).
+    pub(super) fn load_model(&self) -> Result<(), gst::StateChangeError> {
+        let settings = lock(&self.settings).clone();
+        let obj = self.obj();
+        let device = match parse_device(&settings.device) {
+            Ok(d) => d,
+            Err(e) => {
+                gst::element_imp_error!(
+                    self,
+                    gst::LibraryError::Settings,
+                    ("Property `device`: {}", e)
+                );
+                return Err(gst::StateChangeError);
+            }
+        };
+        let post = |t: gst::ProgressType, text: &str| {
+            let _ = obj.post_message(
+                gst::message::Progress::builder(t, "load", text)
+                    .src(&*obj)
+                    .build(),
+            );
+        };
+        post(
+            gst::ProgressType::Start,
+            &format!("Loading BLIP-2 model {}", settings.model),
+        );
+        let mut progress = |msg: &str| post(gst::ProgressType::Continue, msg);
+        match engine::get_or_load_with(
+            &settings.model,
+            device,
+            dtype_choice(settings.dtype),
+            &mut progress,
+        ) {
+            Ok(engine) => {
+                gst::info!(CAT, imp = self, "model {} ready", engine.name());
+                for warning in engine.load_warnings() {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::ResourceError::Settings,
+                        ("Model `{}` (property `model`): {}", settings.model, warning)
+                    );
+                }
+                *lock(&self.client) = Some(Arc::new(engine.client()));
+                post(gst::ProgressType::Complete, "Model loaded");
+                Ok(())
+            }
+            Err(e) => {
+                post(
+                    gst::ProgressType::Error,
+                    &format!("Model loading failed: {e}"),
+                );
+                // A device that is not there is the `device` property's fault, not the model's.
+                let property = match &e {
+                    crate::model::Error::Input(m) if m.starts_with("device ") => "device",
+                    _ => "model",
+                };
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::OpenRead,
+                    (
+                        "Failed to load model `{}` (property `{}`): {}",
+                        settings.model,
+                        property,
+                        e
+                    )
+                );
+                Err(gst::StateChangeError)
+            }
+        }
+    }
+
+    pub(super) fn change_state_impl(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        gst::debug!(CAT, imp = self, "{:?}", transition);
+        match transition {
+            gst::StateChange::NullToReady => self.load_model()?,
+            gst::StateChange::ReadyToPaused => {
+                if let Some(client) = self.client() {
+                    client.resume();
+                }
+                *lock(&self.state) = State::default();
+                *lock(&self.stats) = Stats::default();
+                lock(&self.flow_combiner).reset();
+            }
+            gst::StateChange::PausedToReady => {
+                // Before the parent deactivates the pads: a chain function waiting for the
+                // model holds the stream lock and must be woken first.
+                if let Some(client) = self.client() {
+                    client.interrupt();
+                    client.cancel_queued();
+                }
+            }
+            _ => (),
+        }
+        let res = self.parent_change_state(transition);
+        match transition {
+            gst::StateChange::PausedToReady => {
+                let mut state = lock(&self.state);
+                let info = state.video_info.take();
+                *state = State {
+                    video_info: info,
+                    ..State::default()
+                };
+            }
+            gst::StateChange::ReadyToNull => {
+                // The last element using a model frees it.
+                *lock(&self.client) = None;
+            }
+            gst::StateChange::NullToReady if res.is_err() => {
+                *lock(&self.client) = None;
+            }
+            _ => (),
+        }
+        res
+    }
+}

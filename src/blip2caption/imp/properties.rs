@@ -1,0 +1,269 @@
+//! Properties of `blip2caption`: the settings they fill, their param specs, get and set.
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use once_cell::sync::Lazy;
+
+use super::super::{DType, Mode};
+use super::{Blip2Caption, CAT, lock};
+use crate::model::{DTypeChoice, DeviceChoice, GenerationParams};
+
+const DEFAULT_MODEL: &str = "Salesforce/blip2-opt-2.7b";
+const DEFAULT_INTERVAL: u64 = 1_000_000_000;
+const DEFAULT_LATENCY_MS: i32 = -1;
+const DEFAULT_MAX_BATCH: u32 = 8;
+
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    pub(super) model: String,
+    pub(super) prompt: String,
+    pub(super) interval: gst::ClockTime,
+    pub(super) mode: Mode,
+    pub(super) latency_ms: i32,
+    pub(super) max_new_tokens: u32,
+    pub(super) min_new_tokens: u32,
+    pub(super) num_beams: u32,
+    pub(super) repetition_penalty: f64,
+    pub(super) device: String,
+    pub(super) dtype: DType,
+    pub(super) max_batch: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let defaults = GenerationParams::default();
+        Self {
+            model: DEFAULT_MODEL.into(),
+            prompt: String::new(),
+            interval: gst::ClockTime::from_nseconds(DEFAULT_INTERVAL),
+            mode: Mode::Auto,
+            latency_ms: DEFAULT_LATENCY_MS,
+            max_new_tokens: defaults.max_new_tokens as u32,
+            min_new_tokens: defaults.min_new_tokens as u32,
+            num_beams: defaults.num_beams as u32,
+            repetition_penalty: defaults.repetition_penalty,
+            device: "auto".into(),
+            dtype: DType::Auto,
+            max_batch: DEFAULT_MAX_BATCH,
+        }
+    }
+}
+
+impl Settings {
+    pub(super) fn params(&self) -> GenerationParams {
+        GenerationParams {
+            max_new_tokens: self.max_new_tokens as usize,
+            min_new_tokens: self.min_new_tokens as usize,
+            num_beams: self.num_beams as usize,
+            repetition_penalty: self.repetition_penalty,
+            ..GenerationParams::default()
+        }
+    }
+}
+
+pub(super) fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    match s.trim() {
+        "auto" | "" => Ok(DeviceChoice::Auto),
+        "cpu" => Ok(DeviceChoice::Cpu),
+        "cuda" => Ok(DeviceChoice::Cuda(0)),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(DeviceChoice::Cuda)
+            .ok_or_else(|| format!("device `{other}` is not one of auto, cpu, cuda:N")),
+    }
+}
+
+pub(super) fn dtype_choice(d: DType) -> DTypeChoice {
+    match d {
+        DType::Auto => DTypeChoice::Auto,
+        DType::F32 => DTypeChoice::F32,
+        DType::F16 => DTypeChoice::F16,
+        DType::BF16 => DTypeChoice::BF16,
+    }
+}
+
+/// The param specs of every property, in the order `gst-inspect-1.0` shows them.
+pub(super) fn specs() -> &'static [glib::ParamSpec] {
+    static PROPS: Lazy<Vec<glib::ParamSpec>> = Lazy::new(|| {
+        let d = Settings::default();
+        vec![
+            glib::ParamSpecString::builder("model")
+                .nick("Model")
+                .blurb(
+                    "BLIP-2 model: a Hugging Face snapshot folder, or an id such as \
+                     Salesforce/blip2-opt-2.7b looked up in the local Hugging Face cache \
+                     ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub). Loaded on \
+                     NULL→READY",
+                )
+                .default_value(Some(DEFAULT_MODEL))
+                .build(),
+            glib::ParamSpecString::builder("prompt")
+                .nick("Prompt")
+                .blurb(
+                    "Text the answer continues: empty for a plain caption, \
+                     \"Question: ... Answer:\" for visual question answering. \
+                     Can be changed while playing",
+                )
+                .default_value(Some(""))
+                .mutable_playing()
+                .build(),
+            glib::ParamSpecUInt64::builder("interval")
+                .nick("Interval")
+                .blurb(
+                    "Sampling interval in nanoseconds of running time: the first frame at \
+                     or after each multiple is captioned; 0 = every frame. Also the \
+                     duration of each caption",
+                )
+                .default_value(DEFAULT_INTERVAL)
+                .mutable_playing()
+                .build(),
+            glib::ParamSpecEnum::builder_with_default("mode", d.mode)
+                .nick("Mode")
+                .blurb("Whether video may wait for the model (auto: realtime when live)")
+                .mutable_ready()
+                .build(),
+            glib::ParamSpecInt::builder("latency")
+                .nick("Latency")
+                .blurb(
+                    "Latency in milliseconds added in live pipelines; captions later than \
+                     this are re-timed and warned about. -1 = automatic (from measured \
+                     inference time, announced with a latency message when it grows)",
+                )
+                .minimum(-1)
+                .maximum(i32::MAX)
+                .default_value(DEFAULT_LATENCY_MS)
+                .mutable_playing()
+                .build(),
+            glib::ParamSpecUInt::builder("max-new-tokens")
+                .nick("Max new tokens")
+                .blurb("Most tokens generated per answer")
+                .minimum(1)
+                .default_value(d.max_new_tokens)
+                .mutable_playing()
+                .build(),
+            glib::ParamSpecUInt::builder("min-new-tokens")
+                .nick("Min new tokens")
+                .blurb("Fewest tokens generated per answer before end-of-text is allowed")
+                .default_value(d.min_new_tokens)
+                .mutable_playing()
+                .build(),
+            glib::ParamSpecUInt::builder("num-beams")
+                .nick("Beams")
+                .blurb("Beam search width; 1 = greedy decoding")
+                .minimum(1)
+                .maximum(64)
+                .default_value(d.num_beams)
+                .mutable_playing()
+                .build(),
+            glib::ParamSpecDouble::builder("repetition-penalty")
+                .nick("Repetition penalty")
+                .blurb("Penalty for repeating tokens (1.0 = none), as in transformers")
+                .minimum(0.01)
+                .maximum(100.0)
+                .default_value(d.repetition_penalty)
+                .mutable_playing()
+                .build(),
+            glib::ParamSpecString::builder("device")
+                .nick("Device")
+                .blurb(
+                    "Where the model runs: auto (CUDA 0 when built with CUDA and present, \
+                     else CPU), cpu, cuda:N. Used on NULL→READY",
+                )
+                .default_value(Some("auto"))
+                .mutable_ready()
+                .build(),
+            glib::ParamSpecEnum::builder_with_default("dtype", d.dtype)
+                .nick("DType")
+                .blurb("Compute precision of the model. Used on NULL→READY")
+                .build(),
+            glib::ParamSpecUInt::builder("max-batch")
+                .nick("Max batch")
+                .blurb(
+                    "Most frames captioned in one model call; frames with the same prompt \
+                     and settings waiting together (from any element sharing the model) \
+                     are batched",
+                )
+                .minimum(1)
+                .maximum(256)
+                .default_value(DEFAULT_MAX_BATCH)
+                .mutable_playing()
+                .build(),
+            glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                .nick("Statistics")
+                .blurb(
+                    "frames-seen, samples-taken, samples-dropped, captions-emitted, \
+                     inference-failures, late-captions (counts), mean-inference-time and \
+                     last-inference-time (ns)",
+                )
+                .read_only()
+                .build(),
+        ]
+    });
+    PROPS.as_ref()
+}
+
+impl Blip2Caption {
+    pub(super) fn set_property_value(&self, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = lock(&self.settings);
+        match pspec.name() {
+            "model" => s.model = value.get::<Option<String>>().unwrap().unwrap_or_default(),
+            "prompt" => {
+                s.prompt = value.get::<Option<String>>().unwrap().unwrap_or_default();
+                gst::info!(CAT, imp = self, "prompt now {:?}", s.prompt);
+            }
+            "interval" => s.interval = gst::ClockTime::from_nseconds(value.get().unwrap()),
+            "mode" => s.mode = value.get().unwrap(),
+            "latency" => {
+                let new = value.get().unwrap();
+                let changed = s.latency_ms != new;
+                s.latency_ms = new;
+                drop(s);
+                if changed {
+                    let _ = self
+                        .obj()
+                        .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
+                }
+            }
+            "max-new-tokens" => s.max_new_tokens = value.get().unwrap(),
+            "min-new-tokens" => s.min_new_tokens = value.get().unwrap(),
+            "num-beams" => s.num_beams = value.get().unwrap(),
+            "repetition-penalty" => s.repetition_penalty = value.get().unwrap(),
+            "device" => {
+                let device = value
+                    .get::<Option<String>>()
+                    .unwrap()
+                    .unwrap_or_else(|| "auto".into());
+                if let Err(e) = parse_device(&device) {
+                    // Reported as an error message when the model is loaded.
+                    gst::warning!(CAT, imp = self, "{e}");
+                }
+                s.device = device;
+            }
+            "dtype" => s.dtype = value.get().unwrap(),
+            "max-batch" => s.max_batch = value.get().unwrap(),
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+
+    pub(super) fn property_value(&self, pspec: &glib::ParamSpec) -> glib::Value {
+        let s = lock(&self.settings);
+        match pspec.name() {
+            "model" => s.model.to_value(),
+            "prompt" => s.prompt.to_value(),
+            "interval" => s.interval.nseconds().to_value(),
+            "mode" => s.mode.to_value(),
+            "latency" => s.latency_ms.to_value(),
+            "max-new-tokens" => s.max_new_tokens.to_value(),
+            "min-new-tokens" => s.min_new_tokens.to_value(),
+            "num-beams" => s.num_beams.to_value(),
+            "repetition-penalty" => s.repetition_penalty.to_value(),
+            "device" => s.device.to_value(),
+            "dtype" => s.dtype.to_value(),
+            "max-batch" => s.max_batch.to_value(),
+            "stats" => lock(&self.stats).to_structure().to_value(),
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+}
