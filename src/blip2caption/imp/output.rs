@@ -244,8 +244,13 @@ impl Blip2Caption {
         // A zero-length GAP would not move textoverlay past this frame.
         let end = end.max(pts + gst::ClockTime::from_nseconds(1));
         let gap = lock(&self.state).text.gap_to(pts, end);
-        if let Some((start, duration)) = gap {
-            self.push_gap(start, duration);
+        match gap {
+            Some((start, duration)) => self.push_gap(start, duration),
+            // Already covered by a caption that lasts until the next sample. Muxers that need
+            // data on every pad before they let video through (qtmux/mp4mux, aggregator-based)
+            // would hold this frame until the next caption, which needs the frames after it:
+            // a zero-length GAP at the frame tells them the text pad has reached it.
+            None => self.push_gap(pts, gst::ClockTime::ZERO),
         }
     }
 
