@@ -6,7 +6,6 @@ mod gst_common;
 
 use std::time::Duration;
 
-use gst::prelude::*;
 use gst_common::*;
 
 const SEC: u64 = 1_000_000_000;

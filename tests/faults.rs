@@ -597,8 +597,10 @@ fn inference_errors_do_not_wedge_the_worker_in_realtime() {
     init();
     let (model, f) = flaky("faults-flaky-rt", |n| n < 3);
     let p = pipeline(&format!(
-        "videotestsrc num-buffers=40 ! video/x-raw,width=32,height=32,framerate=10/1 \
-         ! blip2caption name=c model={model} mode=realtime interval=100000000 ! appsink name=v sync=false"
+        // Live at 100 fps for 0.8 s, so the model is called many times whatever the machine's
+        // load (an unsynced burst may end before a fourth call).
+        "videotestsrc is-live=true num-buffers=80 ! video/x-raw,width=32,height=32,framerate=100/1 \
+         ! blip2caption name=c model={model} mode=realtime interval=10000000 ! appsink name=v sync=false"
     ));
     let video = collect(&p, "v");
     let run = run_to_eos(&p, Duration::from_secs(60));
@@ -608,7 +610,7 @@ fn inference_errors_do_not_wedge_the_worker_in_realtime() {
         run.warnings[0].contains("CUDA_ERROR_OUT_OF_MEMORY"),
         "{run:?}"
     );
-    assert_eq!(video.lock().unwrap().len(), 40);
+    assert_eq!(video.lock().unwrap().len(), 80);
     let s = stats(&p.by_name("c").unwrap());
     let failures = f.log.lock().unwrap().iter().filter(|&&x| x).count() as u64;
     assert_eq!(failures, 3);
@@ -620,7 +622,7 @@ fn inference_errors_do_not_wedge_the_worker_in_realtime() {
         stat(&s, "captions-emitted") + stat(&s, "samples-dropped") + 3,
         "{s}"
     );
-    assert_eq!(stat(&s, "samples-taken"), 40);
+    assert_eq!(stat(&s, "samples-taken"), 80);
 }
 
 /// Complete mode: a failed forward pass is an error (a caption was promised), and after a
