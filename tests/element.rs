@@ -441,7 +441,7 @@ fn common_raw_formats_are_converted_to_rgb_for_the_model() {
 }
 
 #[test]
-fn two_elements_share_one_model() {
+fn elements_share_one_model_and_batch() {
     init();
     let fake = Fake::new(30);
     let model = install("shared", fake.clone());
@@ -449,15 +449,19 @@ fn two_elements_share_one_model() {
         "videotestsrc num-buffers=20 ! video/x-raw,width=32,height=32,framerate=10/1 \
          ! blip2caption name=a model={model} interval=0 ! fakesink sync=false \
          videotestsrc num-buffers=20 pattern=black ! video/x-raw,width=32,height=32,framerate=10/1 \
-         ! blip2caption name=b model={model} interval=0 ! fakesink sync=false"
+         ! blip2caption name=b model={model} interval=0 ! fakesink sync=false \
+         videotestsrc num-buffers=20 pattern=white ! video/x-raw,width=32,height=32,framerate=10/1 \
+         ! blip2caption name=c model={model} interval=0 ! fakesink sync=false"
     ));
     let run = run_to_eos(&p, Duration::from_secs(30));
     assert!(run.errors.is_empty(), "{:?}", run.errors);
-    assert_eq!(run.captions.len(), 40);
+    assert_eq!(run.captions.len(), 60);
     let calls = fake.calls.lock().unwrap();
-    assert_eq!(calls.threads.len(), 1, "one worker serves both elements");
-    // Both elements wait on the same worker, so their samples meet in batches.
+    assert_eq!(calls.threads.len(), 1, "one worker serves all elements");
+    // Complete mode waits for each caption, so two elements alone would take turns; with three,
+    // the two that wait while the worker serves the third meet in one batch.
     assert!(calls.batches.contains(&2), "{:?}", calls.batches);
+    assert_eq!(calls.batches.iter().sum::<usize>(), 60);
 }
 
 #[test]

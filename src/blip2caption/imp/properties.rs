@@ -63,16 +63,11 @@ impl Settings {
 }
 
 pub(super) fn parse_device(s: &str) -> Result<DeviceChoice, String> {
-    match s.trim() {
-        "auto" | "" => Ok(DeviceChoice::Auto),
-        "cpu" => Ok(DeviceChoice::Cpu),
-        "cuda" => Ok(DeviceChoice::Cuda(0)),
-        other => other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(DeviceChoice::Cuda)
-            .ok_or_else(|| format!("device `{other}` is not one of auto, cpu, cuda:N")),
+    // An empty string is what gst-launch gives for `device=`: the default.
+    if s.trim().is_empty() {
+        return Ok(DeviceChoice::Auto);
     }
+    s.parse::<DeviceChoice>().map_err(|e| e.to_string())
 }
 
 pub(super) fn dtype_choice(d: DType) -> DTypeChoice {
