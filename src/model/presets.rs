@@ -30,7 +30,8 @@ fn json(name: &str) -> Option<&'static str> {
         "blip2-flan-t5-xl" => {
             r#"{"model_type": "blip-2", "num_query_tokens": 32, "image_token_index": 32100,
             "text_config": {"model_type": "t5", "d_model": 2048, "d_kv": 64, "d_ff": 5120, "num_layers": 24,
-              "num_heads": 32, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": false, "vocab_size": 32128}}"#
+              "num_heads": 32, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": false, "vocab_size": 32128,
+              "decoder_start_token_id": 0}}"#
         }
         // Mid-size models that run on a CPU in seconds.
         "small-opt" => {
@@ -45,7 +46,8 @@ fn json(name: &str) -> Option<&'static str> {
             "vision_config": {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6, "num_attention_heads": 6},
             "qformer_config": {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 4, "num_attention_heads": 6},
             "text_config": {"model_type": "t5", "d_model": 512, "d_kv": 64, "d_ff": 1024, "num_layers": 4,
-              "num_heads": 8, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": false, "vocab_size": 32128}}"#
+              "num_heads": 8, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": false, "vocab_size": 32128,
+              "decoder_start_token_id": 0}}"#
         }
         _ => return None,
     })
