@@ -6,6 +6,7 @@ mod gst_common;
 
 use std::time::Duration;
 
+use gst::prelude::*;
 use gst_common::*;
 
 const SEC: u64 = 1_000_000_000;
@@ -95,4 +96,45 @@ fn markup_only_downstream_gets_escaped_pango_markup() {
             .unwrap()
             .starts_with("<b>&mean ")
     );
+}
+
+/// Live with `latency=-1`: after the first inference the element announces a latency (the
+/// slowest inference rounded up to 100 ms) with a LATENCY message, and answers queries with it.
+#[test]
+fn automatic_latency_follows_inference_time_and_is_announced() {
+    init();
+    let model = install("auto-latency", Fake::new(150));
+    let p = pipeline(&format!(
+        "videotestsrc is-live=true num-buffers=15 ! video/x-raw,format=RGB,width=16,height=16,framerate=30/1 \
+         ! blip2caption name=c model={model} interval=200000000 ! fakesink"
+    ));
+    let bus = p.bus().unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let element = p.by_name("c").unwrap();
+    let mut announced = false;
+    loop {
+        let msg = bus
+            .timed_pop(gst::ClockTime::from_seconds(10))
+            .expect("pipeline ends");
+        match msg.view() {
+            gst::MessageView::Latency(_) if msg.src() == Some(element.upcast_ref()) => {
+                announced = true
+            }
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => panic!("{}", e.error()),
+            _ => {}
+        }
+    }
+    assert!(announced, "no LATENCY message from blip2caption");
+    // 150 ms of inference rounds up to 200 ms, added to the live source's own latency (one
+    // frame at 30 fps).
+    let mut q = gst::query::Latency::new();
+    assert!(element.static_pad("src").unwrap().query(&mut q));
+    let (live, min, _) = q.result();
+    assert!(live);
+    assert_eq!(
+        min,
+        gst::ClockTime::from_nseconds(200_000_000 + 1_000_000_000 / 30)
+    );
+    p.set_state(gst::State::Null).unwrap();
 }
