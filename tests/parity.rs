@@ -53,6 +53,12 @@ fn first_step_logits_match() {
                 .unwrap();
             let reference_error = max_abs_diff(expected, truth);
             let diff = max_abs_diff(&logits, truth);
+            // Shown with --nocapture: the margins behind the bounds below.
+            eprintln!(
+                "{model} {}: |ours - f64| {diff:.2e}, |ours - f32 ref| {:.2e}, |f32 ref - f64| {reference_error:.2e}",
+                case.name,
+                max_abs_diff(&logits, expected)
+            );
             assert!(
                 diff < 1e-4 + reference_error,
                 "{model} {}: logits differ from float64 by {diff} (f32 reference error {reference_error})",
