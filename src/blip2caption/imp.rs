@@ -217,28 +217,14 @@ impl ElementImpl for Blip2Caption {
             let text = gst::Caps::builder("text/x-raw")
                 .field("format", gst::List::new(["utf8", "pango-markup"]))
                 .build();
+            let always = |name, direction, caps: &gst::Caps| {
+                gst::PadTemplate::new(name, direction, gst::PadPresence::Always, caps)
+                    .expect("valid pad template")
+            };
             vec![
-                gst::PadTemplate::new(
-                    "sink",
-                    gst::PadDirection::Sink,
-                    gst::PadPresence::Always,
-                    &video,
-                )
-                .unwrap(),
-                gst::PadTemplate::new(
-                    "src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &video,
-                )
-                .unwrap(),
-                gst::PadTemplate::new(
-                    "text_src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &text,
-                )
-                .unwrap(),
+                always("sink", gst::PadDirection::Sink, &video),
+                always("src", gst::PadDirection::Src, &video),
+                always("text_src", gst::PadDirection::Src, &text),
             ]
         });
         TEMPLATES.as_ref()
