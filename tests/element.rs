@@ -102,20 +102,31 @@ fn element(model: &str, props: &[(&str, &str)]) -> gst::Element {
     b.build().unwrap()
 }
 
-/// Drains the text harness: (buffers, gap events). The text pad has its own task, so give it
-/// a moment to push what the video thread queued.
+/// Drains the text harness: (buffers, gap events). The text pad has its own task, so wait until
+/// it has been quiet for 300 ms (a loaded CI machine may be slow to schedule it).
 fn drain_text(th: &mut gst_check::Harness) -> (Vec<gst::Buffer>, Vec<(u64, u64)>) {
-    std::thread::sleep(Duration::from_millis(200));
     let mut gaps = vec![];
-    while let Some(ev) = th.try_pull_event() {
-        if let gst::EventView::Gap(g) = ev.view() {
-            let (s, d) = g.get();
-            gaps.push((s.nseconds(), d.map_or(0, |d| d.nseconds())));
-        }
-    }
     let mut bufs = vec![];
-    while let Some(b) = th.try_pull() {
-        bufs.push(b);
+    let mut quiet_since = std::time::Instant::now();
+    let deadline = quiet_since + Duration::from_secs(10);
+    while quiet_since.elapsed() < Duration::from_millis(300) && std::time::Instant::now() < deadline
+    {
+        let mut got = false;
+        while let Some(ev) = th.try_pull_event() {
+            got = true;
+            if let gst::EventView::Gap(g) = ev.view() {
+                let (s, d) = g.get();
+                gaps.push((s.nseconds(), d.map_or(0, |d| d.nseconds())));
+            }
+        }
+        while let Some(b) = th.try_pull() {
+            got = true;
+            bufs.push(b);
+        }
+        if got {
+            quiet_since = std::time::Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     (bufs, gaps)
 }

@@ -421,7 +421,8 @@ fn realtime_eos_waits_for_the_caption_in_flight() {
     // Frame 0 went out (covered by a GAP) before the caption was ready, so the caption is
     // re-timed to the end of that frame and lasts to the next interval boundary.
     assert_eq!(got, vec![(SEC / 10, SEC, "mean 77".to_owned())]);
-    let eos = std::iter::from_fn(|| th.try_pull_event()).any(|e| e.type_() == gst::EventType::Eos);
+    // The text pad's own task pushes EOS after the caption: wait for it (pull_event blocks).
+    let eos = std::iter::from_fn(|| th.pull_event().ok()).any(|e| e.type_() == gst::EventType::Eos);
     assert!(eos, "EOS follows the caption on text_src");
 }
 
