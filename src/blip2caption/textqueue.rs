@@ -127,7 +127,9 @@ impl TextQueue {
             }
         };
         lock(&self.inner).flow = Some(flow);
-        if flow == Err(gst::FlowError::Flushing) {
+        // Like any streaming task: stop on flushing, EOS or a fatal downstream error (the video
+        // thread reports it); an unlinked text pad is fine and keeps going.
+        if matches!(flow, Err(e) if e != gst::FlowError::NotLinked) {
             let _ = pad.pause_task();
         }
     }
