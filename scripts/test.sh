@@ -26,6 +26,20 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --release --locked --all-targets -- -D warnings
 echo "== cargo test --release"
 cargo test --release --locked
+echo "== the plugin as GStreamer loads it: gst-inspect and a README pipeline (tiny model)"
+cargo build --release --locked --lib
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}/release"
+scratch="$(mktemp -d)"
+GST_PLUGIN_PATH="$target_dir" GST_REGISTRY="$scratch/registry.bin" gst-inspect-1.0 blip2caption > "$scratch/inspect.txt"
+grep -q "text_src" "$scratch/inspect.txt"
+GST_PLUGIN_PATH="$target_dir" GST_REGISTRY="$scratch/registry.bin" gst-launch-1.0 -q \
+  videotestsrc num-buffers=60 ! video/x-raw,width=320,height=240,framerate=30/1 \
+  ! blip2caption model="$PWD/tests/fixtures/models/opt-tiny" name=c ! fakesink \
+  c.text_src ! srtenc ! filesink location="$scratch/out.srt"
+cues=$(grep -c -- "-->" "$scratch/out.srt")
+[ "$cues" = 2 ] || { echo "expected 2 SRT cues from 2 s of video, got $cues"; exit 1; }
+rm -rf "$scratch"
+
 echo "== benchmark smoke run (CPU, small preset)"
 cargo run --release --locked --example bench -- --preset small-opt --batch 1,2 --new-tokens 4 --runs 1
 
