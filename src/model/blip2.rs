@@ -231,9 +231,39 @@ impl Blip2 {
     /// Pixel values (B, 3, S, S) f32 on the model's device, as `Blip2Processor` makes them.
     pub fn pixel_values(&self, images: &[RgbImage]) -> Result<Tensor> {
         let s = (self.image_processor.height, self.image_processor.width);
-        let mut data = Vec::with_capacity(images.len() * 3 * s.0 * s.1);
-        for image in images {
-            data.extend(self.image_processor.preprocess(image));
+        let per_image = 3 * s.0 * s.1;
+        let mut data = vec![0f32; images.len() * per_image];
+        // Resizing is the costly part of a large batch on a GPU machine: one core per slice.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = images.len().div_ceil(threads).max(1);
+        let sizes_ok = std::thread::scope(|scope| {
+            let workers: Vec<_> = images
+                .chunks(chunk)
+                .zip(data.chunks_mut(chunk * per_image))
+                .map(|(images, out)| {
+                    scope.spawn(move || {
+                        images
+                            .iter()
+                            .zip(out.chunks_mut(per_image))
+                            .all(|(image, out)| {
+                                let pixels = self.image_processor.preprocess(image);
+                                // Without `do_resize` the image keeps its own size.
+                                let fits = pixels.len() == out.len();
+                                if fits {
+                                    out.copy_from_slice(&pixels);
+                                }
+                                fits
+                            })
+                    })
+                })
+                .collect();
+            workers.into_iter().all(|w| w.join().unwrap_or(false))
+        });
+        if !sizes_ok {
+            return Err(Error::Input(format!(
+                "an image does not come out of preprocessing at the model's {}x{}",
+                s.1, s.0
+            )));
         }
         Ok(Tensor::from_vec(
             data,
