@@ -286,13 +286,6 @@ fn unlinked_text_pad_does_not_stop_video() {
     assert_eq!(run.captions.len(), 10);
 }
 
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("blip2-element-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Reads a subtitle file back with subparse: the cues it finds.
 fn subparse(path: &std::path::Path) -> Vec<(u64, String)> {
     let p = pipeline(&format!(
@@ -358,15 +351,7 @@ fn matroskamux_file_has_subtitle_track() {
     assert!(run.errors.is_empty(), "{:?}", run.errors);
 
     // Demux it again: a text track with the two captions.
-    let p = pipeline(&format!(
-        "filesrc location={} ! matroskademux name=d d.subtitle_0 ! queue ! appsink name=t sync=false \
-         d.video_0 ! queue ! fakesink sync=false",
-        out.display()
-    ));
-    let texts = collect(&p, "t");
-    let run = run_to_eos(&p, Duration::from_secs(20));
-    assert!(run.errors.is_empty(), "{:?}", run.errors);
-    let texts = texts.lock().unwrap();
+    let texts = demux_subtitles("matroskademux", &out);
     assert_eq!(texts.len(), 2);
     assert_eq!(texts[1].pts().unwrap().nseconds(), SEC);
 }

@@ -11,13 +11,6 @@ use gst_common::*;
 
 const SEC: u64 = 1_000_000_000;
 
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("blip2-text-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Aggregator muxers want data on every pad before they let video through; between captions the
 /// element tells them with zero-length GAPs, or qtmux would hold the video (and the element) until
 /// a caption that needs that very video.
@@ -37,15 +30,7 @@ fn qtmux_file_has_a_tx3g_subtitle_track_with_every_caption() {
     assert!(run.errors.is_empty(), "{:?}", run.errors);
     assert_eq!(run.captions.len(), 3);
 
-    let p = pipeline(&format!(
-        "filesrc location={} ! qtdemux name=d d.subtitle_0 ! queue ! appsink name=t sync=false \
-         d.video_0 ! queue ! fakesink sync=false",
-        out.display()
-    ));
-    let texts = collect(&p, "t");
-    let run = run_to_eos(&p, Duration::from_secs(20));
-    assert!(run.errors.is_empty(), "{:?}", run.errors);
-    let texts = texts.lock().unwrap();
+    let texts = demux_subtitles("qtdemux", &out);
     // qtdemux turns tx3g back into plain text; empty samples fill the gaps between cues.
     let cues: Vec<(u64, u64, String)> = texts
         .iter()

@@ -170,3 +170,25 @@ pub fn pipeline(desc: &str) -> gst::Pipeline {
 pub fn u64_field(s: &gst::StructureRef, name: &str) -> u64 {
     s.get::<u64>(name).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
+
+/// A fresh, empty folder for files a test writes (unique per process and name).
+pub fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("blip2-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Demuxes `path` with `demuxer` (e.g. matroskademux, qtdemux) and returns the buffers of its
+/// first subtitle stream.
+pub fn demux_subtitles(demuxer: &str, path: &std::path::Path) -> Vec<gst::Buffer> {
+    let p = pipeline(&format!(
+        "filesrc location={} ! {demuxer} name=d d.subtitle_0 ! queue ! appsink name=t sync=false \
+         d.video_0 ! queue ! fakesink sync=false",
+        path.display()
+    ));
+    let texts = collect(&p, "t");
+    let run = run_to_eos(&p, Duration::from_secs(20));
+    assert!(run.errors.is_empty(), "{:?}", run.errors);
+    std::mem::take(&mut *texts.lock().unwrap())
+}
