@@ -140,7 +140,8 @@ impl Blip2 {
     pub fn random(config: Blip2Config, device: DeviceChoice, dtype: DTypeChoice) -> Result<Self> {
         let device = resolve_device(device)?;
         let dtype = resolve_dtype(dtype, &device, &config.text);
-        let generation = GenerationDefaults::load(Path::new("/nonexistent"), &config.text)?;
+        let generation =
+            GenerationDefaults::from_json(None, &config.text, Path::new("generation_config.json"))?;
         let image_processor = ImageProcessorConfig::with_size(config.image_size);
         let vb = super::random_weights::var_builder(dtype, &device);
         let parts = Parts {

@@ -461,6 +461,16 @@ impl GenerationDefaults {
         } else {
             None
         };
+        Self::from_json(gen_config.as_ref(), text, &path)
+    }
+
+    /// From parsed `generation_config.json` (None: only the text config's values); `path` is
+    /// for error messages.
+    pub fn from_json(
+        gen_config: Option<&serde_json::Value>,
+        text: &TextConfig,
+        path: &Path,
+    ) -> Result<Self> {
         let get = |key: &str| {
             gen_config
                 .as_ref()
@@ -481,7 +491,7 @@ impl GenerationDefaults {
             match get("eos_token_id") {
                 Some(v) => Some(serde_json::from_value::<TokenIds>(v.clone()).map_err(|e| {
                     Error::Config {
-                        path: path.clone(),
+                        path: path.to_path_buf(),
                         message: format!("invalid eos_token_id: {e}"),
                     }
                 })?),
