@@ -172,6 +172,39 @@ fn too_long_prompt_names_the_property() {
     assert_eq!(stat(&s, "captions-emitted"), 0);
 }
 
+/// Generation that outgrows the 64 positions of the tiny OPT names the generation property, not
+/// the (empty) prompt: `min-new-tokens` when it forces the overflow, else `max-new-tokens`.
+#[test]
+fn too_many_new_tokens_names_the_generation_property() {
+    init();
+    let model = fixture("opt-tiny");
+    for (extra, property) in [
+        (
+            "max-new-tokens=100 min-new-tokens=100",
+            "property `min-new-tokens` (100)",
+        ),
+        (
+            "max-new-tokens=100 min-new-tokens=60",
+            "property `max-new-tokens` (100)",
+        ),
+    ] {
+        let p = pipeline(&format!(
+            "videotestsrc num-buffers=2 ! video/x-raw,width=16,height=16,framerate=1/1 \
+             ! blip2caption name=c model={} device=cpu mode=complete {extra} ! fakesink sync=false",
+            model.display()
+        ));
+        let run = run_to_eos(&p, Duration::from_secs(60));
+        assert_eq!(run.errors.len(), 1, "{extra}: {run:?}");
+        let e = &run.errors[0];
+        // 4 image queries + BOS take 5 of the 64 positions; the last of 60 new tokens needs none.
+        assert!(
+            e.contains(property) && e.contains("at most 60"),
+            "{extra}: {e}"
+        );
+        assert!(!e.contains("property `prompt`"), "{extra}: {e}");
+    }
+}
+
 /// `model` changed while PLAYING is applied at the next NULL→READY (documented).
 #[test]
 fn model_change_while_playing_applies_at_next_ready() {
@@ -559,14 +592,19 @@ impl Captioner for Flaky {
         images: &[RgbImage],
         prompt: &str,
         params: &GenerationParams,
-    ) -> model::Result<Vec<Caption>> {
+    ) -> gstblip2::engine::Result<Vec<Caption>> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         let fail = (self.fail)(n);
         self.log.lock().unwrap().push(fail);
         if fail {
-            return Err(model::Error::Input(
-                "CUDA_ERROR_OUT_OF_MEMORY (injected)".into(),
-            ));
+            // As candle reports it with RUST_BACKTRACE=1: the backtrace rides on the error.
+            let oom = candle_core::Error::WithBacktrace {
+                inner: Box::new(candle_core::Error::Msg(
+                    "CUDA_ERROR_OUT_OF_MEMORY (injected)".into(),
+                )),
+                backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+            };
+            return Err(model::Error::Candle(oom).into());
         }
         self.inner.caption(images, prompt, params)
     }
@@ -611,6 +649,9 @@ fn inference_errors_do_not_wedge_the_worker_in_realtime() {
         run.warnings[0].contains("CUDA_ERROR_OUT_OF_MEMORY"),
         "{run:?}"
     );
+    // The injected error carries a backtrace; it stays in the debug log.
+    assert!(!run.warnings[0].contains('\n'), "{run:?}");
+    assert_eq!(run.warnings[0].lines().count(), 1, "{run:?}");
     assert_eq!(video.lock().unwrap().len(), 80);
     let s = stats(&p.by_name("c").unwrap());
     let failures = f.log.lock().unwrap().iter().filter(|&&x| x).count() as u64;

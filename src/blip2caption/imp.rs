@@ -8,6 +8,7 @@
 
 mod chain;
 mod events;
+mod failure;
 mod lifecycle;
 mod output;
 mod properties;

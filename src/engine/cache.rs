@@ -101,7 +101,7 @@ mod tests {
             images: &[RgbImage],
             _prompt: &str,
             _params: &GenerationParams,
-        ) -> Result<Vec<Caption>> {
+        ) -> crate::engine::Result<Vec<Caption>> {
             Ok(images
                 .iter()
                 .map(|_| Caption {

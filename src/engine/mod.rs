@@ -3,10 +3,11 @@
 //! reused outside the element.
 //!
 //! Door order: element → engine → model. The element only sees [`Engine`], [`Client`],
-//! [`Request`] and [`Outcome`]; the engine only sees the [`Captioner`] trait and
-//! [`load_blip2`].
+//! [`Request`] and [`Outcome`] (with a typed [`CaptionError`]); the engine only sees the
+//! [`Captioner`] trait and [`load_blip2`].
 
 mod cache;
+mod error;
 mod resolve;
 mod worker;
 
@@ -18,20 +19,21 @@ use crate::model::{self, Caption, DTypeChoice, DeviceChoice, GenerationParams, R
 pub use cache::{
     ModelKey, get_or_load, get_or_load_with, register_captioner, unregister_captioner,
 };
+pub use error::{CaptionError, RemoteError, RemoteErrorKind, Result};
 pub use resolve::{default_hub_dirs, resolve_model, resolve_model_in};
-pub use worker::{Client, Engine, Outcome, Request, Ticket, WaitError};
+pub use worker::{BatchItem, CancelToken, Client, Engine, Outcome, Request, Ticket, WaitError};
 
 /// Anything that turns a batch of images plus one prompt into one caption per image.
 ///
-/// The real implementation is the BLIP-2 model; tests inject fakes (slow, failing,
-/// deterministic) through [`register_captioner`].
+/// The real implementation is the BLIP-2 model; tests inject fakes (slow, failing, deterministic) through
+/// [`register_captioner`].
 pub trait Captioner: Send + Sync {
     fn caption(
         &self,
         images: &[RgbImage],
         prompt: &str,
         params: &GenerationParams,
-    ) -> model::Result<Vec<Caption>>;
+    ) -> Result<Vec<Caption>>;
 
     /// Each image with its own prompt. The default runs one `caption` call per distinct prompt;
     /// BLIP-2 overrides it with one padded batch.
@@ -40,7 +42,7 @@ pub trait Captioner: Send + Sync {
         images: &[RgbImage],
         prompts: &[&str],
         params: &GenerationParams,
-    ) -> model::Result<Vec<Caption>> {
+    ) -> Result<Vec<Caption>> {
         let mut out: Vec<Option<Caption>> = vec![None; images.len()];
         let mut done = vec![false; images.len()];
         for i in 0..images.len() {
@@ -53,7 +55,7 @@ pub trait Captioner: Send + Sync {
             let batch: Vec<RgbImage> = group.iter().map(|&j| images[j].clone()).collect();
             let captions = self.caption(&batch, prompts[i], params)?;
             if captions.len() != group.len() {
-                return Err(model::Error::Input(format!(
+                return Err(CaptionError::Internal(format!(
                     "model returned {} captions for {} images",
                     captions.len(),
                     group.len()
@@ -70,6 +72,32 @@ pub trait Captioner: Send + Sync {
             .collect())
     }
 
+    /// What the worker calls: one result per item, in order. The default runs `caption_each`
+    /// and gives a failure to every item; backends whose requests are independent (remote
+    /// servers) answer each item on its own, honour [`BatchItem::retry_transient`] and stop
+    /// work for cancelled items.
+    fn caption_batch(
+        &self,
+        items: Vec<BatchItem>,
+        params: &GenerationParams,
+    ) -> Vec<Result<Caption>> {
+        let n = items.len();
+        let prompts: Vec<String> = items.iter().map(|i| i.prompt.clone()).collect();
+        let images: Vec<RgbImage> = items.into_iter().map(|i| i.image).collect();
+        let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        match self.caption_each(&images, &prompts, params) {
+            Ok(captions) if captions.len() == n => captions.into_iter().map(Ok).collect(),
+            Ok(captions) => {
+                let e = CaptionError::Internal(format!(
+                    "model returned {} captions for {n} images",
+                    captions.len()
+                ));
+                vec![Err(e); n]
+            }
+            Err(e) => vec![Err(e); n],
+        }
+    }
+
     /// Problems the loader worked around (for example missing preprocessor settings), for the
     /// element to post as warnings.
     fn load_warnings(&self) -> Vec<String> {
@@ -83,8 +111,8 @@ impl Captioner for model::Blip2 {
         images: &[RgbImage],
         prompt: &str,
         params: &GenerationParams,
-    ) -> model::Result<Vec<Caption>> {
-        model::Blip2::caption(self, images, prompt, params)
+    ) -> Result<Vec<Caption>> {
+        Ok(model::Blip2::caption(self, images, prompt, params)?)
     }
 
     fn caption_each(
@@ -92,8 +120,8 @@ impl Captioner for model::Blip2 {
         images: &[RgbImage],
         prompts: &[&str],
         params: &GenerationParams,
-    ) -> model::Result<Vec<Caption>> {
-        model::Blip2::caption_each(self, images, prompts, params)
+    ) -> Result<Vec<Caption>> {
+        Ok(model::Blip2::caption_each(self, images, prompts, params)?)
     }
 
     fn load_warnings(&self) -> Vec<String> {

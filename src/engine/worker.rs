@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::Captioner;
+use super::{CaptionError, Captioner};
 use crate::model::{Caption, GenerationParams, RgbImage};
 
 /// Identifies one submitted request; unique within the process.
@@ -23,6 +23,40 @@ pub struct Request {
     pub params: GenerationParams,
     /// Largest batch this request may be part of (the submitting element's `max-batch`).
     pub max_batch: usize,
+    /// Retry transient backend failures (a remote server's 5xx, 429, timeouts, dropped
+    /// connections) with backoff, as complete mode wants; realtime reports them at once.
+    pub retry_transient: bool,
+}
+
+/// One request of a batch, as [`Captioner::caption_batch`] receives it.
+pub struct BatchItem {
+    pub image: RgbImage,
+    pub prompt: String,
+    pub retry_transient: bool,
+    /// Says when nobody waits for this answer any more.
+    pub cancel: CancelToken,
+}
+
+/// Tells a backend that the request it works on was cancelled ([`Client::cancel`]: a flush, a
+/// seek, a state change), so it can stop waiting and retrying.
+#[derive(Clone)]
+pub struct CancelToken {
+    mailbox: Arc<Mailbox>,
+    epoch: u64,
+}
+
+impl CancelToken {
+    pub fn is_cancelled(&self) -> bool {
+        self.mailbox.epoch.load(Ordering::Acquire) != self.epoch
+    }
+
+    /// A token that is never cancelled (for calling a backend outside the worker).
+    pub fn never() -> Self {
+        Self {
+            mailbox: Arc::new(Mailbox::default()),
+            epoch: 0,
+        }
+    }
 }
 
 /// The answer to one [`Request`].
@@ -30,9 +64,9 @@ pub struct Request {
 pub struct Outcome {
     pub ticket: Ticket,
     pub prompt: String,
-    /// The caption, or the model's error as text (the same error goes to every request of a
-    /// failed batch).
-    pub result: Result<Caption, String>,
+    /// The caption, or why there is none (a local model's failure goes to every request of
+    /// its batch; a remote backend fails requests one by one).
+    pub result: Result<Caption, CaptionError>,
     /// Wall-clock time of the `caption` call that produced it (the whole batch).
     pub inference_time: Duration,
     pub batch_size: usize,
@@ -52,6 +86,8 @@ struct Job {
     client: u64,
     request: Request,
     mailbox: Arc<Mailbox>,
+    /// The mailbox's epoch at submission; the job is cancelled once it moves on.
+    epoch: u64,
 }
 
 #[derive(Default)]
@@ -78,6 +114,8 @@ struct MailboxState {
 struct Mailbox {
     state: Mutex<MailboxState>,
     wake: Condvar,
+    /// Bumped by [`Client::cancel`]: jobs submitted before are no longer wanted.
+    epoch: AtomicU64,
 }
 
 static NEXT_TICKET: AtomicU64 = AtomicU64::new(1);
@@ -178,27 +216,30 @@ impl Client {
                 mb.in_flight.remove(t);
             }
             mb.in_flight.insert(ticket);
+            let epoch = self.mailbox.epoch.load(Ordering::Acquire);
             drop(mb);
             queue.jobs.push_back(Job {
                 ticket,
                 client: self.id,
                 request,
                 mailbox: self.mailbox.clone(),
+                epoch,
             });
         }
         self.engine.shared.wake.notify_all();
         (ticket, replaced)
     }
 
-    /// Removes this client's requests that have not started; returns their tickets. Requests
-    /// already running still deliver their outcome.
-    pub fn cancel_queued(&self) -> Vec<Ticket> {
+    /// Cancels every request of this client, queued or running: running ones are told through
+    /// their [`CancelToken`] and their outcome is dropped. Returns the queued tickets removed.
+    pub fn cancel(&self) -> Vec<Ticket> {
         let mut queue = lock(&self.engine.shared.queue);
         let removed = remove_client_jobs(&mut queue, self.id);
         let mut mb = lock(&self.mailbox.state);
-        for t in &removed {
-            mb.in_flight.remove(t);
-        }
+        self.mailbox.epoch.fetch_add(1, Ordering::AcqRel);
+        mb.in_flight.clear();
+        drop(mb);
+        self.mailbox.wake.notify_all();
         removed
     }
 
@@ -253,7 +294,7 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        self.cancel_queued();
+        self.cancel();
     }
 }
 
@@ -310,54 +351,58 @@ fn take_batch(queue: &mut Queue) -> Vec<Job> {
 }
 
 fn caption_batch(captioner: &dyn Captioner, mut batch: Vec<Job>) {
-    let images: Vec<RgbImage> = batch
+    let items: Vec<BatchItem> = batch
         .iter_mut()
-        .map(|job| {
-            std::mem::replace(
+        .map(|job| BatchItem {
+            image: std::mem::replace(
                 &mut job.request.image,
                 RgbImage {
                     width: 0,
                     height: 0,
                     data: Vec::new(),
                 },
-            )
+            ),
+            prompt: job.request.prompt.clone(),
+            retry_transient: job.request.retry_transient,
+            cancel: CancelToken {
+                mailbox: job.mailbox.clone(),
+                epoch: job.epoch,
+            },
         })
         .collect();
-    let prompts: Vec<String> = batch.iter().map(|job| job.request.prompt.clone()).collect();
     let params = batch[0].request.params.clone();
 
     let start = Instant::now();
     // A panicking model must not kill the worker (every element waiting on it would hang).
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        captioner.caption_each(&images, &prompts, &params)
-    }));
+    let result = catch_unwind(AssertUnwindSafe(|| captioner.caption_batch(items, &params)));
     let inference_time = start.elapsed();
     let n = batch.len();
-    let mut results: Vec<Result<Caption, String>> = match result {
-        Ok(Ok(captions)) if captions.len() == n => captions.into_iter().map(Ok).collect(),
-        Ok(Ok(captions)) => {
-            let msg = format!("model returned {} captions for {n} images", captions.len());
-            vec![Err(msg); n]
+    let results: Vec<Result<Caption, CaptionError>> = match result {
+        Ok(results) if results.len() == n => results,
+        Ok(results) => {
+            let msg = format!(
+                "backend returned {} answers for {n} requests",
+                results.len()
+            );
+            vec![Err(CaptionError::Internal(msg)); n]
         }
-        Ok(Err(e)) => vec![Err(e.to_string()); n],
         Err(panic) => {
             let msg = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            vec![Err(format!("model panicked: {msg}")); n]
+            vec![Err(CaptionError::Internal(format!("model panicked: {msg}"))); n]
         }
     };
 
-    for ((job, result), prompt) in batch.into_iter().zip(results.drain(..)).zip(prompts) {
+    for (job, result) in batch.into_iter().zip(results) {
         let mut mb = lock(&job.mailbox.state);
         // A request cancelled while it ran is answered nowhere.
         if mb.in_flight.remove(&job.ticket) {
             mb.done.push_back(Outcome {
                 ticket: job.ticket,
-                prompt,
+                prompt: job.request.prompt,
                 result,
                 inference_time,
                 batch_size: n,
@@ -375,7 +420,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Result as ModelResult;
+    use crate::engine::Result as ModelResult;
     use std::sync::mpsc;
 
     /// Captions each image with its first byte and the prompt; records batch sizes; can be
@@ -421,6 +466,7 @@ mod tests {
             prompt: prompt.into(),
             params: GenerationParams::default(),
             max_batch: 8,
+            retry_transient: false,
         }
     }
 
@@ -518,6 +564,62 @@ mod tests {
         assert!(c.wait_for(t).is_ok());
     }
 
+    #[test]
+    fn cancel_reaches_running_requests_and_drops_their_outcome() {
+        struct Watch {
+            seen: Mutex<Option<CancelToken>>,
+            gate: Mutex<mpsc::Receiver<()>>,
+        }
+        impl Captioner for Watch {
+            fn caption(
+                &self,
+                _: &[RgbImage],
+                _: &str,
+                _: &GenerationParams,
+            ) -> ModelResult<Vec<Caption>> {
+                unreachable!("caption_batch is overridden")
+            }
+            fn caption_batch(
+                &self,
+                items: Vec<BatchItem>,
+                _: &GenerationParams,
+            ) -> Vec<ModelResult<Caption>> {
+                *self.seen.lock().unwrap() = Some(items[0].cancel.clone());
+                let _ = self.gate.lock().unwrap().recv();
+                items
+                    .iter()
+                    .map(|_| {
+                        Ok(Caption {
+                            token_ids: vec![],
+                            text: "late".into(),
+                        })
+                    })
+                    .collect()
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        let watch = Arc::new(Watch {
+            seen: Mutex::new(None),
+            gate: Mutex::new(rx),
+        });
+        let engine = Engine::spawn(watch.clone(), "t");
+        let c = engine.client();
+        let running = c.submit(req(1, ""));
+        wait_until(|| watch.seen.lock().unwrap().is_some());
+        let queued = c.submit(req(2, ""));
+        let token = watch.seen.lock().unwrap().clone().unwrap();
+        assert!(!token.is_cancelled());
+        assert_eq!(c.cancel(), vec![queued]);
+        assert!(token.is_cancelled());
+        assert_eq!(c.wait_for(running).unwrap_err(), WaitError::Unknown);
+        tx.send(()).unwrap();
+        // A request submitted after the cancel is answered; the cancelled one never is.
+        let after = c.submit(req(3, ""));
+        tx.send(()).unwrap();
+        assert_eq!(c.wait_for(after).unwrap().result.unwrap().text, "late");
+        assert!(c.take_ready().is_empty());
+    }
+
     struct Panics;
     impl Captioner for Panics {
         fn caption(
@@ -537,7 +639,10 @@ mod tests {
         for _ in 0..2 {
             let t = c.submit(req(1, ""));
             let err = c.wait_for(t).unwrap().result.unwrap_err();
-            assert!(err.contains("boom"), "{err}");
+            assert!(
+                matches!(&err, CaptionError::Internal(m) if m.contains("boom")),
+                "{err}"
+            );
         }
     }
 }

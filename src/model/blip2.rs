@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, linear};
 
 use super::config::{Blip2Config, GenerationDefaults, TextConfig};
+use super::error::candle_message;
 use super::generate::{Decoder, Prompt, generate_beam, generate_greedy_or_sample};
 use super::language_model::LanguageModel;
 use super::opt::Opt;
@@ -59,12 +60,16 @@ pub fn resolve_device(choice: DeviceChoice) -> Result<Device> {
         }
         DeviceChoice::Cuda(n) => {
             if !candle_core::utils::cuda_is_available() {
-                return Err(Error::Input(format!(
+                return Err(Error::Device(format!(
                     "device cuda:{n} requested but this build has no CUDA support (build with --features cuda)"
                 )));
             }
-            Device::new_cuda(n)
-                .map_err(|e| Error::Input(format!("device cuda:{n} is not available: {e}")))
+            Device::new_cuda(n).map_err(|e| {
+                Error::Device(format!(
+                    "device cuda:{n} is not available: {}",
+                    candle_message(&e)
+                ))
+            })
         }
     }
 }
@@ -131,7 +136,7 @@ impl Blip2 {
         };
         Self::from_parts(parts, vb, progress).map_err(|e| Error::Weights {
             path: files.origin.clone(),
-            message: e.to_string(),
+            message: candle_message(&e),
         })
     }
 
@@ -410,6 +415,22 @@ impl Blip2 {
             .iter()
             .map(|p| self.encode_prompt(p))
             .collect::<Result<Vec<_>>>()?;
+        // OPT's positions are learned and end at max_position_embeddings (T5's are relative):
+        // a prompt that does not fit is refused before the vision pass.
+        let max_positions = match &self.config.text {
+            TextConfig::Opt(c) => Some(c.max_position_embeddings),
+            TextConfig::T5(_) => None,
+        };
+        let positions_before_generation =
+            self.config.num_query_tokens + text_ids.iter().map(Vec::len).max().unwrap_or(0);
+        if let Some(max) = max_positions
+            && positions_before_generation > max
+        {
+            return Err(Error::TooLong {
+                prompt_positions: positions_before_generation,
+                max_positions: max,
+            });
+        }
 
         let t = Instant::now();
         let embeds = self.image_embeddings(pixel_values)?;
@@ -450,11 +471,24 @@ impl Blip2 {
             history,
             eos,
         };
-        let ids = if params.num_beams > 1 {
-            generate_beam(decoder.as_mut(), prompt, params, prompt_len)?
-        } else {
-            generate_greedy_or_sample(decoder.as_mut(), prompt, params)?
+        let mut guarded = PositionGuard {
+            inner: decoder.as_mut(),
+            positions: positions_before_generation,
+            max_positions,
+            overflowed: false,
         };
+        let ids = if params.num_beams > 1 {
+            generate_beam(&mut guarded, prompt, params, prompt_len)
+        } else {
+            generate_greedy_or_sample(&mut guarded, prompt, params)
+        };
+        if guarded.overflowed {
+            return Err(Error::TooLong {
+                prompt_positions: positions_before_generation,
+                max_positions: max_positions.unwrap_or(usize::MAX),
+            });
+        }
+        let ids = ids?;
         timings.generate_ms = ms(t);
         let captions = ids
             .into_iter()
@@ -479,4 +513,29 @@ fn ms(t: Instant) -> f64 {
 /// Waits for queued GPU work so stage timings are honest.
 fn sync(device: &Device) -> Result<()> {
     Ok(device.synchronize()?)
+}
+
+/// Counts the positions a decoding loop uses and stops it, with a flag the caller turns into
+/// [`Error::TooLong`], before OPT would run past its learned positions (a typed error instead of
+/// the model's generic one).
+struct PositionGuard<'a> {
+    inner: &'a mut dyn Decoder,
+    positions: usize,
+    max_positions: Option<usize>,
+    overflowed: bool,
+}
+
+impl Decoder for PositionGuard<'_> {
+    fn step(&mut self, ids: &[u32]) -> candle_core::Result<Tensor> {
+        if self.max_positions.is_some_and(|max| self.positions >= max) {
+            self.overflowed = true;
+            candle_core::bail!("out of positions");
+        }
+        self.positions += 1;
+        self.inner.step(ids)
+    }
+
+    fn select_rows(&mut self, rows: &[u32]) -> candle_core::Result<()> {
+        self.inner.select_rows(rows)
+    }
 }

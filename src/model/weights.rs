@@ -9,6 +9,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use super::config::read_json;
+use super::error::candle_message;
 use super::{Error, Result};
 
 /// The weight files of a snapshot, checked to exist and to parse as safetensors.
@@ -64,7 +65,7 @@ impl WeightFiles {
             unsafe { candle_core::safetensors::MmapedSafetensors::new(file) }.map_err(|e| {
                 Error::Weights {
                     path: file.clone(),
-                    message: format!("not a valid safetensors file: {e}"),
+                    message: format!("not a valid safetensors file: {}", candle_message(&e)),
                 }
             })?;
         }
@@ -77,7 +78,7 @@ impl WeightFiles {
         unsafe { VarBuilder::from_mmaped_safetensors(&self.files, dtype, device) }.map_err(|e| {
             Error::Weights {
                 path: self.origin.clone(),
-                message: e.to_string(),
+                message: candle_message(&e),
             }
         })
     }

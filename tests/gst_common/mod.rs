@@ -65,13 +65,13 @@ impl Captioner for Fake {
         images: &[RgbImage],
         prompt: &str,
         _params: &GenerationParams,
-    ) -> model::Result<Vec<Caption>> {
+    ) -> engine::Result<Vec<Caption>> {
         std::thread::sleep(self.delay);
         let mut calls = self.calls.lock().unwrap();
         calls.batches.push(images.len());
         calls.threads.insert(std::thread::current().id());
         if self.fail {
-            return Err(model::Error::Input("fake model failure".into()));
+            return Err(model::Error::Input("fake model failure".into()).into());
         }
         Ok(images
             .iter()

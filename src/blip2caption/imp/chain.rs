@@ -36,6 +36,7 @@ impl Blip2Caption {
                 prompt: settings.prompt.clone(),
                 params: settings.params(),
                 max_batch: settings.max_batch.max(1) as usize,
+                retry_transient: !realtime,
             };
             let client = self.client().ok_or(gst::FlowError::Flushing)?;
             lock(&self.stats).samples_taken += 1;

@@ -150,7 +150,7 @@ impl Blip2Caption {
 
     pub(super) fn reset_after_flush(&self) {
         if let Some(client) = self.client() {
-            client.cancel_queued();
+            client.cancel();
             client.discard_ready();
             client.resume();
         }

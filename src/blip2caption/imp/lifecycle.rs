@@ -64,20 +64,30 @@ impl Blip2Caption {
                     &format!("Model loading failed: {e}"),
                 );
                 // A device that is not there is the `device` property's fault, not the model's.
-                let property = match &e {
-                    crate::model::Error::Input(m) if m.starts_with("device ") => "device",
-                    _ => "model",
-                };
-                gst::element_imp_error!(
-                    self,
-                    gst::ResourceError::OpenRead,
-                    (
-                        "Failed to load model `{}` (property `{}`): {}",
-                        settings.model,
-                        property,
-                        e
-                    )
-                );
+                if let crate::model::Error::Device(_) = e {
+                    gst::element_imp_error!(
+                        self,
+                        gst::LibraryError::Settings,
+                        (
+                            "Failed to load model `{}` (property `device`): {}",
+                            settings.model,
+                            e
+                        )
+                    );
+                } else {
+                    if let Some(bt) = e.backtrace() {
+                        gst::debug!(CAT, imp = self, "backtrace of `{e}`:\n{bt}");
+                    }
+                    gst::element_imp_error!(
+                        self,
+                        gst::ResourceError::OpenRead,
+                        (
+                            "Failed to load model `{}` (property `model`): {}",
+                            settings.model,
+                            e
+                        )
+                    );
+                }
                 Err(gst::StateChangeError)
             }
         }
@@ -103,7 +113,7 @@ impl Blip2Caption {
                 // model holds the stream lock and must be woken first.
                 if let Some(client) = self.client() {
                     client.interrupt();
-                    client.cancel_queued();
+                    client.cancel();
                 }
             }
             _ => (),

@@ -8,6 +8,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::super::{MESSAGE_NAME, META_NAME};
+use super::failure;
 use super::state::Sample;
 use super::{Blip2Caption, CAT, lock};
 use crate::engine::{Outcome, WaitError};
@@ -74,47 +75,32 @@ impl Blip2Caption {
             Ok(caption) => caption,
             Err(e) => {
                 lock(&self.stats).inference_failures += 1;
-                let e = if e.contains("max_position_embeddings") {
-                    format!(
-                        "{e}: the prompt (property `prompt`, {} characters) is too long for \
-                         this model",
-                        outcome.prompt.chars().count()
-                    )
-                } else {
-                    e
-                };
+                let settings = lock(&self.settings).clone();
+                let mut failure = failure::describe(&e, &settings, &outcome.prompt);
+                failure.text = format!(
+                    "Captioning the frame at {} failed: {}",
+                    sample.pts, failure.text
+                );
                 if realtime {
                     // Live video keeps flowing; one failed sample is not worth stopping for.
                     // The same failure again and again is posted once (until a caption
                     // succeeds), so a pipeline running for days does not flood the bus.
+                    let key = e.to_string();
                     let repeated = {
                         let mut state = lock(&self.state);
-                        let repeated = state.last_failure.as_deref() == Some(e.as_str());
-                        state.last_failure = Some(e.clone());
+                        let repeated = state.last_failure.as_deref() == Some(key.as_str());
+                        state.last_failure = Some(key);
                         repeated
                     };
                     if repeated {
-                        gst::debug!(
-                            CAT,
-                            imp = self,
-                            "captioning {} failed again: {e}",
-                            sample.pts
-                        );
+                        gst::debug!(CAT, imp = self, "{} (again)", failure.text);
                     } else {
-                        gst::element_imp_warning!(
-                            self,
-                            gst::LibraryError::Failed,
-                            ("Captioning the frame at {} failed: {}", sample.pts, e)
-                        );
+                        self.post_failure(&failure, &e, false);
                     }
                     return Ok(());
                 }
                 // Complete mode promised a caption for every sample.
-                gst::element_imp_error!(
-                    self,
-                    gst::LibraryError::Failed,
-                    ("Captioning the frame at {} failed: {}", sample.pts, e)
-                );
+                self.post_failure(&failure, &e, true);
                 return Err(gst::FlowError::Error);
             }
         };

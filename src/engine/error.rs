@@ -1,0 +1,138 @@
+//! Why a caption could not be made, typed so the element picks its message, GError domain and
+//! the property to blame from the kind of failure instead of from text.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::model;
+
+pub type Result<T> = std::result::Result<T, CaptionError>;
+
+/// A failed caption: from the local model or from a remote server.
+#[derive(Clone, Debug)]
+pub enum CaptionError {
+    /// Prompt and generated tokens outgrow the language model's positions.
+    TooLong {
+        prompt_positions: usize,
+        max_positions: usize,
+    },
+    /// Generation parameters or an input the backend refuses (a setting, not a fault).
+    InvalidInput(String),
+    /// The model failed while running (out of memory, device error, ...). `backtrace` is for
+    /// the debug log only.
+    Model {
+        message: String,
+        backtrace: Option<String>,
+    },
+    /// A backend broke its contract (panicked, wrong number of captions).
+    Internal(String),
+    /// The serving engine behind `backend=openai`.
+    Remote(RemoteError),
+}
+
+/// A request to an OpenAI-compatible server that failed (after its retries, if any).
+#[derive(Clone, Debug)]
+pub struct RemoteError {
+    /// The endpoint, for example `http://gpu-host:8000/v1/chat/completions`.
+    pub url: String,
+    pub kind: RemoteErrorKind,
+    /// Attempts made, retries included.
+    pub attempts: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RemoteErrorKind {
+    /// No connection (refused, unknown host, unreachable network).
+    Connect(String),
+    /// No complete answer within the request timeout.
+    Timeout(Duration),
+    /// The connection broke before the whole answer arrived.
+    Dropped(String),
+    /// An HTTP error status; `message` is the server's own (`error.message` of its JSON body,
+    /// else the body's start).
+    Status { code: u16, message: String },
+    /// The body is not a chat completion with `choices[0].message.content`.
+    Malformed(String),
+    /// Cancelled before an answer came (flush, seek, state change).
+    Cancelled,
+}
+
+impl RemoteErrorKind {
+    /// Failures a later attempt may not meet: an overloaded or restarting server (5xx, 429), a
+    /// dropped connection, a timeout, a refused connection.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::Timeout(_) | Self::Dropped(_) => true,
+            Self::Status { code, .. } => *code == 429 || *code >= 500,
+            Self::Malformed(_) | Self::Cancelled => false,
+        }
+    }
+}
+
+impl fmt::Display for RemoteErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Connect(e) => write!(f, "cannot connect: {e}"),
+            Self::Timeout(t) => write!(f, "no answer within {:.1} s", t.as_secs_f64()),
+            Self::Dropped(e) => write!(f, "connection dropped: {e}"),
+            Self::Status { code, message } => write!(f, "HTTP {code}: {message}"),
+            Self::Malformed(e) => write!(f, "malformed answer: {e}"),
+            Self::Cancelled => write!(f, "cancelled"),
+        }
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.url, self.kind)?;
+        if self.attempts > 1 {
+            write!(f, " (after {} attempts)", self.attempts)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for CaptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooLong {
+                prompt_positions,
+                max_positions,
+            } => model::Error::TooLong {
+                prompt_positions: *prompt_positions,
+                max_positions: *max_positions,
+            }
+            .fmt(f),
+            Self::InvalidInput(m) | Self::Internal(m) => write!(f, "{m}"),
+            Self::Model { message, .. } => write!(f, "{message}"),
+            Self::Remote(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for CaptionError {}
+
+impl From<model::Error> for CaptionError {
+    fn from(e: model::Error) -> Self {
+        match e {
+            model::Error::TooLong {
+                prompt_positions,
+                max_positions,
+            } => Self::TooLong {
+                prompt_positions,
+                max_positions,
+            },
+            model::Error::Input(m) => Self::InvalidInput(m),
+            other => Self::Model {
+                message: other.to_string(),
+                backtrace: other.backtrace(),
+            },
+        }
+    }
+}
+
+impl From<RemoteError> for CaptionError {
+    fn from(e: RemoteError) -> Self {
+        Self::Remote(e)
+    }
+}
