@@ -10,6 +10,9 @@ pub mod model;
 pub mod engine;
 
 mod blip2caption;
+/// The scene-change measure of `scene-threshold`, for applications that want to see the
+/// distances of their own video before choosing a threshold.
+pub use blip2caption::scene;
 pub use blip2caption::{DType, MESSAGE_NAME, META_NAME, Mode};
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

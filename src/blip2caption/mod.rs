@@ -6,8 +6,11 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod answers;
 mod convert;
 mod imp;
+pub mod scene;
+mod scene_gate;
 mod textqueue;
 mod timeline;
 
