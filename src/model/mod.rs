@@ -6,6 +6,7 @@
 
 mod blip2;
 pub mod config;
+mod cpu_kernels;
 mod error;
 pub mod generate;
 mod image_file;

@@ -7,10 +7,11 @@ use super::Result;
 use super::config::Blip2Config;
 
 /// Preset names accepted by [`preset`].
-pub const PRESETS: [&str; 5] = [
+pub const PRESETS: [&str; 6] = [
     "blip2-opt-2.7b",
     "blip2-opt-6.7b",
     "blip2-flan-t5-xl",
+    "mid-opt",
     "small-opt",
     "small-t5",
 ];
@@ -33,7 +34,15 @@ fn json(name: &str) -> Option<&'static str> {
               "num_heads": 32, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": false, "vocab_size": 32128,
               "decoder_start_token_id": 0}}"#
         }
-        // Mid-size models that run on a CPU in seconds.
+        // The CPU benchmark model (docs/benchmarks.md): a ViT-B/14-sized vision tower at 224 px,
+        // the released Q-Former, and OPT-125m's shape.
+        "mid-opt" => {
+            r#"{"model_type": "blip-2", "num_query_tokens": 32, "image_token_index": 50265,
+            "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12},
+            "text_config": {"model_type": "opt", "hidden_size": 768, "ffn_dim": 3072, "num_hidden_layers": 12,
+              "num_attention_heads": 12, "eos_token_id": 50118, "vocab_size": 50272}}"#
+        }
+        // Small models that run on a CPU in well under a second.
         "small-opt" => {
             r#"{"model_type": "blip-2", "num_query_tokens": 32, "image_token_index": 50265,
             "vision_config": {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6, "num_attention_heads": 6},

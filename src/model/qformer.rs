@@ -8,6 +8,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear};
 
 use super::config::QFormerConfig;
+use super::cpu_kernels::{self, AttentionShape, Heads};
 
 /// `attention.attention` / `crossattention.attention`: separate query/key/value projections.
 struct MultiHeadAttention {
@@ -34,6 +35,25 @@ impl MultiHeadAttention {
         let (b, q_len, h) = xs.dims3()?;
         let kv_len = kv.dim(1)?;
         let head_dim = h / self.num_heads;
+        if cpu_kernels::applies(xs) && cpu_kernels::applies(kv) {
+            let q = cpu_kernels::linear(xs, &self.query, None)?;
+            let k = cpu_kernels::linear(kv, &self.key, None)?;
+            let v = cpu_kernels::linear(kv, &self.value, None)?;
+            let shape = AttentionShape {
+                batch: b,
+                q_len,
+                kv_len,
+                num_heads: self.num_heads,
+                head_dim,
+            };
+            return cpu_kernels::attention(
+                (&q, Heads::packed(q_len, h)),
+                (&k, Heads::packed(kv_len, h)),
+                (&v, Heads::packed(kv_len, h)),
+                shape,
+                self.scale as f32,
+            );
+        }
         let heads = |t: Tensor, len: usize| {
             t.reshape((b, len, self.num_heads, head_dim))?
                 .transpose(1, 2)?
@@ -67,6 +87,11 @@ impl AttentionBlock {
 
     fn forward(&self, xs: &Tensor, kv: &Tensor) -> Result<Tensor> {
         let attn = self.attention.forward(xs, kv)?;
+        if cpu_kernels::applies(&attn) {
+            return self
+                .layer_norm
+                .forward(&cpu_kernels::linear(&attn, &self.dense, Some(xs))?);
+        }
         self.layer_norm.forward(&(self.dense.forward(&attn)? + xs)?)
     }
 }
@@ -109,6 +134,14 @@ impl Layer {
         let mut xs = self.attention.forward(xs, xs)?;
         if let Some(cross) = &self.crossattention {
             xs = cross.forward(&xs, image_states)?;
+        }
+        if cpu_kernels::applies(&xs) {
+            let ffn = cpu_kernels::linear_gelu(&xs, &self.intermediate_query)?;
+            return self.output_query_norm.forward(&cpu_kernels::linear(
+                &ffn,
+                &self.output_query,
+                Some(&xs),
+            )?);
         }
         let ffn = self.intermediate_query.forward(&xs)?.gelu_erf()?;
         self.output_query_norm

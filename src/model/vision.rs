@@ -4,6 +4,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear};
 
 use super::config::VisionConfig;
+use super::cpu_kernels::{self, AttentionShape, Heads};
 
 /// `vision_model.embeddings`: patch "convolution" (kernel = stride = patch), class token, positions.
 struct Embeddings {
@@ -130,12 +131,45 @@ impl EncoderLayer {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if cpu_kernels::applies(xs) {
+            return self.forward_cpu(xs);
+        }
         let xs = (xs + self.self_attn.forward(&self.layer_norm1.forward(xs)?)?)?;
         let mlp = self
             .fc1
             .forward(&self.layer_norm2.forward(&xs)?)?
             .gelu_erf()?;
         xs + self.fc2.forward(&mlp)?
+    }
+
+    /// The same layer with the f32 CPU kernels: q/k/v are read in place from the fused
+    /// projection, and bias, residual and GELU go into the matmul outputs.
+    fn forward_cpu(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, n, h) = xs.dims3()?;
+        let attn = &self.self_attn;
+        let qkv = cpu_kernels::linear(&self.layer_norm1.forward(xs)?, &attn.qkv, None)?;
+        let part = |i: usize| Heads {
+            offset: i * h,
+            row_stride: 3 * h,
+            batch_stride: n * 3 * h,
+        };
+        let shape = AttentionShape {
+            batch: b,
+            q_len: n,
+            kv_len: n,
+            num_heads: attn.num_heads,
+            head_dim: h / attn.num_heads,
+        };
+        let heads = cpu_kernels::attention(
+            (&qkv, part(0)),
+            (&qkv, part(1)),
+            (&qkv, part(2)),
+            shape,
+            attn.scale as f32,
+        )?;
+        let xs = cpu_kernels::linear(&heads, &attn.projection, Some(xs))?;
+        let mlp = cpu_kernels::linear_gelu(&self.layer_norm2.forward(&xs)?, &self.fc1)?;
+        cpu_kernels::linear(&mlp, &self.fc2, Some(&xs))
     }
 }
 
