@@ -12,6 +12,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use gstblip2::engine::{self, HubSettings, LoadProgress};
 use gstblip2::model::{Blip2, DTypeChoice, DeviceChoice, GenerationParams, RgbImage, presets};
 
 struct Args {
@@ -166,7 +167,23 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// `--model`: a folder, or a Hugging Face id resolved like the element does; progress on stderr.
+fn snapshot_dir(model: &str) -> Result<std::path::PathBuf, String> {
+    let mut file = 0;
+    let mut progress = |p: &LoadProgress| match p {
+        LoadProgress::Stage(text) => eprintln!("[load] {text}"),
+        LoadProgress::Download(d) if d.file_number != file => {
+            file = d.file_number;
+            eprintln!("[download] {} ({}/{})", d.file, d.file_number, d.file_count);
+        }
+        LoadProgress::Download(_) => {}
+    };
+    engine::resolve_model(model, &HubSettings::from_env(), &mut progress).map_err(|e| e.to_string())
+}
+
 fn run(a: Args) -> Result<(), String> {
+    // A hub id is found in (or downloaded into) the hub cache before the load clock starts.
+    let snapshot = a.model.as_deref().map(snapshot_dir).transpose()?;
     let t = Instant::now();
     let (model, source) = match (&a.preset, &a.model) {
         (Some(p), _) => {
@@ -179,7 +196,7 @@ fn run(a: Args) -> Result<(), String> {
             )
         }
         (_, Some(m)) => (
-            Blip2::load(std::path::Path::new(m), a.device, a.dtype, &mut |_| {})
+            Blip2::load(snapshot.as_deref().unwrap(), a.device, a.dtype, &mut |_| {})
                 .map_err(|e| e.to_string())?,
             format!("model {m}"),
         ),

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use once_cell::sync::Lazy;
 
-use super::{Captioner, Engine};
+use super::{Captioner, Engine, LoadError, LoadProgress};
 use crate::model::{DTypeChoice, DeviceChoice, Result};
 
 /// What identifies one loaded model.
@@ -69,19 +69,21 @@ pub fn get_or_load(
     Ok(engine)
 }
 
-/// Resolves `model` (folder or hub id) and gets or loads it with the real BLIP-2 loader,
-/// reporting load progress through `progress`.
+/// Resolves `model` (folder or hub id, downloading it into the hub cache when missing; see
+/// [`super::HubSettings::from_env`]) and gets or loads it with the real BLIP-2 loader.
+/// `progress` hears each stage and the download bytes.
 pub fn get_or_load_with(
     model: &str,
     device: DeviceChoice,
     dtype: DTypeChoice,
-    progress: &mut dyn FnMut(&str),
-) -> Result<Arc<Engine>> {
-    let dir = super::resolve_model(model)?;
+    progress: &mut dyn FnMut(&LoadProgress),
+) -> std::result::Result<Arc<Engine>, LoadError> {
+    let dir = super::resolve_model(model, &super::HubSettings::from_env(), progress)?;
     let key = ModelKey { dir, device, dtype };
-    get_or_load(&key, || {
-        super::load_blip2(&key.dir, device, dtype, progress)
-    })
+    let mut stage = |text: &str| progress(&LoadProgress::Stage(text.to_string()));
+    Ok(get_or_load(&key, || {
+        super::load_blip2(&key.dir, device, dtype, &mut stage)
+    })?)
 }
 
 /// A poisoned lock only means another thread panicked while holding it; the maps stay usable.

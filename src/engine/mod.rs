@@ -8,6 +8,10 @@
 
 mod cache;
 mod error;
+mod hub;
+mod hub_cache;
+mod hub_error;
+mod hub_http;
 mod resolve;
 mod worker;
 
@@ -20,7 +24,9 @@ pub use cache::{
     ModelKey, get_or_load, get_or_load_with, register_captioner, unregister_captioner,
 };
 pub use error::{CaptionError, RemoteError, RemoteErrorKind, Result};
-pub use resolve::{default_hub_dirs, resolve_model, resolve_model_in};
+pub use hub::{DownloadProgress, HubId, HubSettings, LoadProgress};
+pub use hub_error::{LoadError, ResolveError, ResolveErrorKind};
+pub use resolve::resolve_model;
 pub use worker::{BatchItem, CancelToken, Client, Engine, Outcome, Request, Ticket, WaitError};
 
 /// Anything that turns a batch of images plus one prompt into one caption per image.

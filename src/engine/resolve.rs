@@ -1,87 +1,95 @@
-//! Model id → snapshot folder, the way `huggingface_hub` lays out its local cache:
-//! `<hub>/models--<org>--<name>/snapshots/<rev>`, `<rev>` named by `refs/main`.
+//! `model` → snapshot folder. A folder is taken as it is (and a missing one is a missing
+//! folder, never a download); a Hugging Face id (`org/name[@revision]`) is looked up in the
+//! huggingface_hub cache and downloaded into it when missing, unless offline.
 
 use std::path::{Path, PathBuf};
 
-use crate::model::{Error, Result};
+use super::hub::{HubId, HubSettings, LoadProgress, download_snapshot};
+use super::hub_cache::{self, RepoCache};
+use super::hub_error::{ResolveError, ResolveErrorKind as Kind};
 
-/// The hub cache folders to search, in `huggingface_hub`'s order of precedence:
-/// `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
-pub fn default_hub_dirs() -> Vec<PathBuf> {
-    if let Some(dir) = std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()) {
-        return vec![PathBuf::from(dir)];
-    }
-    if let Some(home) = std::env::var_os("HF_HOME").filter(|v| !v.is_empty()) {
-        return vec![PathBuf::from(home).join("hub")];
-    }
-    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-        Some(home) => vec![PathBuf::from(home).join(".cache/huggingface/hub")],
-        None => Vec::new(),
-    }
-}
-
-/// Resolves `model` (a folder, or an id such as `Salesforce/blip2-opt-2.7b`) against the
-/// default hub cache folders.
-pub fn resolve_model(model: &str) -> Result<PathBuf> {
-    resolve_model_in(model, &default_hub_dirs())
-}
-
-/// Resolves `model` against explicit hub cache folders (testable without touching the
-/// environment). The error lists every place that was tried.
-pub fn resolve_model_in(model: &str, hub_dirs: &[PathBuf]) -> Result<PathBuf> {
+/// Resolves `model` to a snapshot folder: a folder is taken as it is; a hub id is looked up in
+/// the cache and downloaded when missing (unless offline). `progress` hears each stage and the
+/// download bytes (at most every 100 ms per file, plus each file's start and end).
+pub fn resolve_model(
+    model: &str,
+    settings: &HubSettings,
+    progress: &mut dyn FnMut(&LoadProgress),
+) -> Result<PathBuf, ResolveError> {
     if model.is_empty() {
-        return Err(Error::Input(
-            "no model given (property `model` is empty)".into(),
+        return Err(ResolveError::new(
+            Kind::Empty,
+            model,
+            "no model given (property `model` is empty)",
         ));
     }
-    let as_path = Path::new(model);
-    if super::cache::is_injected(as_path) || as_path.is_dir() {
-        return Ok(as_path.to_path_buf());
+    let path = Path::new(model);
+    if path.is_dir() || super::cache::is_injected(path) {
+        return Ok(path.to_path_buf());
     }
-
-    let mut tried = vec![format!("folder {}", as_path.display())];
-    // Hub ids have exactly one '/', no leading '/' or '.', e.g. "Salesforce/blip2-opt-2.7b".
-    let looks_like_id = !model.starts_with(['/', '.', '~'])
-        && model.split('/').count() == 2
-        && model.split('/').all(|part| !part.is_empty());
-    if looks_like_id {
-        let repo_folder = format!("models--{}", model.replace('/', "--"));
-        for hub in hub_dirs {
-            let repo = hub.join(&repo_folder);
-            match snapshot_in(&repo) {
-                Some(dir) => return Ok(dir),
-                None => tried.push(format!("{}/snapshots/<refs/main>", repo.display())),
-            }
-        }
+    let Some(id) = HubId::parse(model) else {
+        return Err(ResolveError::missing_folder(model, path));
+    };
+    let Some(cache_dir) = &settings.cache_dir else {
+        return Err(ResolveError::new(
+            Kind::Cache,
+            model,
+            format!("model `{model}`: no hub cache folder (set HF_HUB_CACHE or HF_HOME)"),
+        ));
+    };
+    let repo = RepoCache::new(cache_dir, &id.repo);
+    let default_branch = id.revision == "main";
+    if let Some(dir) = repo.complete_snapshot(&id.revision, default_branch) {
+        return Ok(dir);
     }
-    Err(Error::Input(format!(
-        "model `{model}` not found; tried {}. Download it with `huggingface-cli download {model}` \
-         or give the path of a snapshot folder",
-        tried.join(", ")
-    )))
+    if settings.offline {
+        return Err(not_cached(model, &id, &repo));
+    }
+    let lock = repo
+        .lock_repo()
+        .map_err(|e| ResolveError::io(model, "create the lock in", cache_dir, &e))?;
+    if !lock
+        .try_acquire()
+        .map_err(|e| ResolveError::io(model, "lock", &repo.root, &e))?
+    {
+        progress(&LoadProgress::Stage(format!(
+            "waiting for another download of {model} to finish"
+        )));
+        lock.acquire()
+            .map_err(|e| ResolveError::io(model, "lock", &repo.root, &e))?;
+    }
+    // Whoever held the lock may have just completed it.
+    if let Some(dir) = repo.complete_snapshot(&id.revision, default_branch) {
+        return Ok(dir);
+    }
+    download_snapshot(model, &id, &repo, settings, progress)
 }
 
-/// `refs/main` names the snapshot; without it (or when it points nowhere) take the only or the
-/// most recently modified snapshot.
-fn snapshot_in(repo: &Path) -> Option<PathBuf> {
-    let snapshots = repo.join("snapshots");
-    if let Ok(rev) = std::fs::read_to_string(repo.join("refs/main")) {
-        let dir = snapshots.join(rev.trim());
-        if !rev.trim().is_empty() && dir.is_dir() {
-            return Some(dir);
-        }
-    }
-    std::fs::read_dir(&snapshots)
-        .ok()?
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.path().is_dir())
-        .max_by_key(|entry| entry.metadata().and_then(|m| m.modified()).ok())
-        .map(|entry| entry.path())
+fn not_cached(model: &str, id: &HubId, repo: &RepoCache) -> ResolveError {
+    let partial = repo
+        .commit_for(&id.revision)
+        .map(|commit| repo.snapshot(&commit))
+        .filter(|dir| dir.is_dir());
+    let message = match partial {
+        Some(dir) => format!(
+            "model `{model}` is only partly downloaded in {} (missing {}) and HF_HUB_OFFLINE \
+             forbids downloading the rest; run once with network access",
+            dir.display(),
+            hub_cache::missing_files(&dir).join(", ")
+        ),
+        None => format!(
+            "model `{model}` is not in the hub cache (looked in {}) and HF_HUB_OFFLINE forbids \
+             downloading it; unset HF_HUB_OFFLINE, or give the path of a snapshot folder",
+            repo.root.display()
+        ),
+    };
+    ResolveError::new(Kind::NotCached, model, message)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("blip2-resolve-{}-{name}", std::process::id()));
@@ -90,43 +98,138 @@ mod tests {
         dir
     }
 
-    #[test]
-    fn folder_is_taken_as_is() {
-        let dir = scratch("folder");
-        let got = resolve_model_in(dir.to_str().unwrap(), &[]).unwrap();
-        assert_eq!(got, dir);
+    /// Offline settings on `cache`: these tests never reach a network.
+    fn offline(cache: &Path) -> HubSettings {
+        HubSettings {
+            endpoint: "http://127.0.0.1:9".into(),
+            cache_dir: Some(cache.to_path_buf()),
+            token: None,
+            offline: true,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn resolve(model: &str, cache: &Path) -> Result<PathBuf, ResolveError> {
+        resolve_model(model, &offline(cache), &mut |_| {})
+    }
+
+    /// A snapshot folder holding the files loading needs (contents do not matter here).
+    fn complete(dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+            std::fs::write(dir.join(f), "{}").unwrap();
+        }
     }
 
     #[test]
-    fn id_follows_refs_main() {
+    fn folder_is_taken_as_is() {
+        let dir = scratch("folder");
+        assert_eq!(resolve(dir.to_str().unwrap(), &dir).unwrap(), dir);
+    }
+
+    #[test]
+    fn missing_folder_is_not_a_download() {
+        let cache = scratch("missing-folder");
+        for model in ["/no/such/blip2", "./blip2-opt", "blip2-opt"] {
+            let err = resolve(model, &cache).unwrap_err();
+            assert_eq!(err.kind, Kind::MissingFolder, "{model}");
+            assert!(err.message.contains("does not exist"), "{err}");
+            assert!(!err.message.contains("download"), "{err}");
+        }
+    }
+
+    #[test]
+    fn id_follows_refs_main_to_a_complete_snapshot() {
         let hub = scratch("refs");
         let repo = hub.join("models--Salesforce--blip2-opt-2.7b");
-        std::fs::create_dir_all(repo.join("snapshots/aaa")).unwrap();
-        std::fs::create_dir_all(repo.join("snapshots/bbb")).unwrap();
+        complete(&repo.join("snapshots/aaa"));
+        complete(&repo.join("snapshots/bbb"));
         std::fs::create_dir_all(repo.join("refs")).unwrap();
         std::fs::write(repo.join("refs/main"), "aaa\n").unwrap();
-        let got =
-            resolve_model_in("Salesforce/blip2-opt-2.7b", std::slice::from_ref(&hub)).unwrap();
+        let got = resolve("Salesforce/blip2-opt-2.7b", &hub).unwrap();
         assert_eq!(got, repo.join("snapshots/aaa"));
     }
 
     #[test]
-    fn id_without_refs_takes_only_snapshot() {
-        let hub = scratch("norefs");
+    fn revision_names_a_ref_or_a_commit() {
+        let hub = scratch("revision");
         let repo = hub.join("models--org--m");
-        std::fs::create_dir_all(repo.join("snapshots/ccc")).unwrap();
-        let got = resolve_model_in("org/m", &[PathBuf::from("/nonexistent"), hub]).unwrap();
-        assert_eq!(got, repo.join("snapshots/ccc"));
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        complete(&repo.join("snapshots").join(commit));
+        complete(&repo.join("snapshots/tagged"));
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/v1"), "tagged").unwrap();
+        assert_eq!(
+            resolve("org/m@v1", &hub).unwrap(),
+            repo.join("snapshots/tagged")
+        );
+        let by_commit = format!("org/m@{commit}");
+        assert_eq!(
+            resolve(&by_commit, &hub).unwrap(),
+            repo.join("snapshots").join(commit)
+        );
+        let err = resolve("org/m@v2", &hub).unwrap_err();
+        assert_eq!(err.kind, Kind::NotCached);
     }
 
     #[test]
-    fn missing_model_names_what_was_tried() {
-        let hub = scratch("missing");
-        let err = resolve_model_in("org/absent", std::slice::from_ref(&hub))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("org/absent"), "{err}");
-        assert!(err.contains("models--org--absent"), "{err}");
-        assert!(err.contains(hub.to_str().unwrap()), "{err}");
+    fn id_without_refs_takes_a_complete_snapshot() {
+        let hub = scratch("norefs");
+        let repo = hub.join("models--org--m");
+        complete(&repo.join("snapshots/ccc"));
+        std::fs::create_dir_all(repo.join("snapshots/partial")).unwrap();
+        assert_eq!(resolve("org/m", &hub).unwrap(), repo.join("snapshots/ccc"));
+    }
+
+    #[test]
+    fn offline_and_absent_names_the_model_and_the_cache() {
+        let hub = scratch("absent");
+        let err = resolve("org/absent", &hub).unwrap_err();
+        assert_eq!(err.kind, Kind::NotCached);
+        assert!(err.message.contains("org/absent"), "{err}");
+        assert!(err.message.contains("models--org--absent"), "{err}");
+        assert!(err.message.contains("HF_HUB_OFFLINE"), "{err}");
+    }
+
+    #[test]
+    fn offline_and_partial_names_what_is_missing() {
+        let hub = scratch("partial");
+        let repo = hub.join("models--org--half");
+        let snap = repo.join("snapshots/abc");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::write(snap.join("config.json"), "{}").unwrap();
+        std::fs::write(snap.join("tokenizer.json"), "{}").unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "abc").unwrap();
+        let err = resolve("org/half", &hub).unwrap_err();
+        assert_eq!(err.kind, Kind::NotCached);
+        assert!(err.message.contains("partly downloaded"), "{err}");
+        assert!(err.message.contains("model.safetensors"), "{err}");
+    }
+
+    #[test]
+    fn hub_ids_are_told_from_paths() {
+        let id = HubId::parse("Salesforce/blip2-opt-2.7b").unwrap();
+        assert_eq!(
+            (id.repo.as_str(), id.revision.as_str()),
+            ("Salesforce/blip2-opt-2.7b", "main")
+        );
+        let id = HubId::parse("org/m@refs/pr/1").unwrap();
+        assert_eq!(
+            (id.repo.as_str(), id.revision.as_str()),
+            ("org/m", "refs/pr/1")
+        );
+        for path in [
+            "/abs/path",
+            "a/b/c",
+            "./x/y",
+            "../x",
+            "x",
+            "org/.hidden",
+            "org/m@",
+            "a b/c",
+        ] {
+            assert!(HubId::parse(path).is_none(), "{path}");
+        }
     }
 }

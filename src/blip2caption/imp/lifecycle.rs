@@ -38,7 +38,12 @@ impl Blip2Caption {
             gst::ProgressType::Start,
             &format!("Loading BLIP-2 model {}", settings.model),
         );
-        let mut progress = |msg: &str| post(gst::ProgressType::Continue, msg);
+        let mut progress = |p: &engine::LoadProgress| match p {
+            engine::LoadProgress::Stage(text) => post(gst::ProgressType::Continue, text),
+            engine::LoadProgress::Download(d) => {
+                let _ = obj.post_message(download_progress(&*obj, d));
+            }
+        };
         match engine::get_or_load_with(
             &settings.model,
             device,
@@ -63,34 +68,56 @@ impl Blip2Caption {
                     gst::ProgressType::Error,
                     &format!("Model loading failed: {e}"),
                 );
+                self.post_load_error(&settings.model, &e);
+                Err(gst::StateChangeError)
+            }
+        }
+    }
+
+    fn post_load_error(&self, model: &str, e: &engine::LoadError) {
+        use engine::ResolveErrorKind as Kind;
+        let resolve = match e {
+            engine::LoadError::Resolve(r) => r,
+            engine::LoadError::Model(m) => {
                 // A device that is not there is the `device` property's fault, not the model's.
-                if let crate::model::Error::Device(_) = e {
+                if let crate::model::Error::Device(_) = m {
                     gst::element_imp_error!(
                         self,
                         gst::LibraryError::Settings,
-                        (
-                            "Failed to load model `{}` (property `device`): {}",
-                            settings.model,
-                            e
-                        )
+                        ("Failed to load model `{}` (property `device`): {}", model, m)
                     );
                 } else {
-                    if let Some(bt) = e.backtrace() {
-                        gst::debug!(CAT, imp = self, "backtrace of `{e}`:\n{bt}");
+                    if let Some(bt) = m.backtrace() {
+                        gst::debug!(CAT, imp = self, "backtrace of `{m}`:\n{bt}");
                     }
                     gst::element_imp_error!(
                         self,
                         gst::ResourceError::OpenRead,
-                        (
-                            "Failed to load model `{}` (property `model`): {}",
-                            settings.model,
-                            e
-                        )
+                        ("Failed to load model `{}` (property `model`): {}", model, m)
                     );
                 }
-                Err(gst::StateChangeError)
+                return;
             }
-        }
+        };
+        let code = match resolve.kind {
+            Kind::MissingFolder | Kind::NotFound | Kind::NotCached | Kind::MissingFile => {
+                gst::ResourceError::NotFound
+            }
+            Kind::Unauthorized => gst::ResourceError::NotAuthorized,
+            Kind::DiskFull => gst::ResourceError::NoSpaceLeft,
+            Kind::Empty => gst::ResourceError::Settings,
+            Kind::Network | Kind::Protocol => gst::ResourceError::Read,
+            Kind::Cache => gst::ResourceError::Write,
+        };
+        gst::element_imp_error!(
+            self,
+            code,
+            (
+                "Failed to load model `{}` (property `model`): {}",
+                model,
+                resolve
+            )
+        );
     }
 
     pub(super) fn change_state_impl(
@@ -139,4 +166,25 @@ impl Blip2Caption {
         }
         res
     }
+}
+
+/// A Progress message for download bytes: `percent` (overall, 0-100; the field GStreamer's own
+/// progress messages carry) plus the byte counts, so applications can draw their own bar.
+fn download_progress(src: &impl IsA<gst::Object>, d: &engine::DownloadProgress) -> gst::Message {
+    let text = format!(
+        "Downloading {} ({}/{}): {} %",
+        d.file,
+        d.file_number,
+        d.file_count,
+        d.percent()
+    );
+    gst::message::Progress::builder(gst::ProgressType::Continue, "download", &text)
+        .other_field("percent", d.percent() as i32)
+        .other_field("file", d.file.as_str())
+        .other_field("file-bytes", d.file_done)
+        .other_field("file-total", d.file_total)
+        .other_field("bytes", d.done)
+        .other_field("total", d.total)
+        .src(src)
+        .build()
 }
