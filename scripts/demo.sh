@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Captions a short clip into an SRT and an MKV with a subtitle track.
 #   scripts/demo.sh [MODEL] [INPUT_VIDEO]
-# MODEL: a snapshot folder or a Hugging Face id in the local cache. Without it the bundled tiny
-# test model is used: its captions are gibberish (random weights), it only shows the plumbing.
+# MODEL: a snapshot folder or a Hugging Face id (downloaded into the Hugging Face cache on first
+# use, with progress; HF_HUB_OFFLINE=1 uses the cache only). Without it the bundled tiny test
+# model is used: its captions are gibberish (random weights), it only shows the plumbing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,8 +26,7 @@ if [ -z "$MODEL" ]; then
   MODEL="$PWD/tests/fixtures/models/opt-tiny"
   echo "################################################################################"
   echo "## NO MODEL GIVEN: using the bundled TINY TEST MODEL ($MODEL)."
-  echo "## Its captions are meaningless. For real captions run e.g.:"
-  echo "##   huggingface-cli download Salesforce/blip2-opt-2.7b"
+  echo "## Its captions are meaningless. For real captions (downloads ~15 GB once):"
   echo "##   scripts/demo.sh Salesforce/blip2-opt-2.7b"
   echo "################################################################################"
 fi
@@ -43,6 +43,7 @@ else
   SRC=(videotestsrc num-buffers=150 pattern=smpte ! video/x-raw,width=320,height=240,framerate=30/1)
 fi
 
+# gst-launch prints the element's Progress messages: the download (with percent) on first use.
 gst-launch-1.0 -e "${SRC[@]}" ! blip2caption name=c model="$MODEL" interval=1000000000 \
   ! queue ! videoconvert ! x264enc ! m.video_0 \
   c.text_src ! tee name=t \

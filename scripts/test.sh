@@ -16,6 +16,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# tests/hub.rs checks that Python's huggingface_hub finds the models the plugin downloads.
+if ! python3 -c "import huggingface_hub" 2>/dev/null; then
+  echo "== installing huggingface_hub (PyPI)"
+  python3 -m pip install -q "huggingface_hub==2.4.0" \
+    || python3 -m pip install -q --break-system-packages "huggingface_hub==2.4.0"
+fi
 for c in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done

@@ -84,7 +84,11 @@ impl Blip2Caption {
                     gst::element_imp_error!(
                         self,
                         gst::LibraryError::Settings,
-                        ("Failed to load model `{}` (property `device`): {}", model, m)
+                        (
+                            "Failed to load model `{}` (property `device`): {}",
+                            model,
+                            m
+                        )
                     );
                 } else {
                     if let Some(bt) = m.backtrace() {

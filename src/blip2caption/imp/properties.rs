@@ -87,10 +87,11 @@ pub(super) fn specs() -> &'static [glib::ParamSpec] {
             glib::ParamSpecString::builder("model")
                 .nick("Model")
                 .blurb(
-                    "BLIP-2 model: a Hugging Face snapshot folder, or an id such as \
-                     Salesforce/blip2-opt-2.7b looked up in the local Hugging Face cache \
-                     ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub). Loaded on \
-                     NULL→READY",
+                    "BLIP-2 model: a snapshot folder, or a Hugging Face id such as \
+                     Salesforce/blip2-opt-2.7b (optionally @revision) taken from the Hugging \
+                     Face cache ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub) and \
+                     downloaded into it on first use (HF_ENDPOINT, HF_TOKEN; HF_HUB_OFFLINE=1 \
+                     never downloads). Loaded on NULL→READY, with Progress messages",
                 )
                 .default_value(Some(DEFAULT_MODEL))
                 .build(),
