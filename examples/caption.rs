@@ -115,7 +115,7 @@ impl Reporter {
                     let bar = ProgressBar::new(d.total);
                     bar.set_style(
                         ProgressStyle::with_template(
-                            "{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                            "{msg:30!} [{bar:30}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} ETA {eta}",
                         )
                         .expect("a valid template")
                         .progress_chars("=> "),
