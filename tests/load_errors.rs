@@ -95,7 +95,36 @@ fn config_missing_or_invalid() {
 
     let s = Scratch::of("opt-tiny", "wrongtype");
     s.edit_config(|v| v["vision_config"]["hidden_size"] = "wide".into());
-    assert_names(&s.load(), &s.path("config.json"), "vision_config");
+    assert_names(
+        &s.load(),
+        &s.path("config.json"),
+        "vision_config.hidden_size",
+    );
+
+    let s = Scratch::of("opt-tiny", "activation");
+    s.edit_config(|v| v["text_config"]["activation_function"] = "quick_gelu".into());
+    assert_names(
+        &s.load(),
+        &s.path("config.json"),
+        "text_config.activation_function: activation \"quick_gelu\" is not supported",
+    );
+}
+
+#[test]
+fn generation_config_with_a_wrongly_typed_value() {
+    for (key, value) in [
+        ("max_new_tokens", serde_json::json!("30")),
+        ("num_beams", serde_json::json!(2.5)),
+        ("early_stopping", serde_json::json!("sometimes")),
+    ] {
+        let s = Scratch::of("opt-tiny", "genconfig");
+        let path = s.path("generation_config.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        v[key] = value;
+        std::fs::write(&path, v.to_string()).unwrap();
+        assert_names(&s.load(), &path, key);
+    }
 }
 
 #[test]
@@ -155,4 +184,64 @@ fn missing_preprocessor_settings_fall_back_with_a_warning() {
     let _ = std::fs::remove_file(s.path("processor_config.json"));
     let model = Blip2::load(&s.0, DeviceChoice::Cpu, DTypeChoice::F32, &mut |_| {}).unwrap();
     assert_eq!(model.warnings().len(), 1, "{:?}", model.warnings());
+}
+
+/// generation_config.json's settings are what transformers' `generate()` falls back to; the
+/// model hands them out as its default `GenerationParams` (lengths there count the prompt).
+#[test]
+fn snapshot_generation_settings_are_the_defaults() {
+    use gstblip2::model::{EarlyStopping, GenerationParams, RgbImage};
+
+    let load =
+        |s: &Scratch| Blip2::load(&s.0, DeviceChoice::Cpu, DTypeChoice::F32, &mut |_| {}).unwrap();
+    let s = Scratch::of("opt-tiny", "gendefaults");
+    let plain = load(&s);
+    assert_eq!(
+        plain.default_generation_params("").unwrap(),
+        GenerationParams::default()
+    );
+
+    std::fs::write(
+        s.path("generation_config.json"),
+        r#"{"bos_token_id": 2, "eos_token_id": 202, "pad_token_id": 1, "max_length": 45,
+            "min_length": 40, "num_beams": 3, "length_penalty": 0.5,
+            "repetition_penalty": 1.3, "early_stopping": true}"#,
+    )
+    .unwrap();
+    let model = load(&s);
+    let prompt_len = model.input_ids("").unwrap().len();
+    let params = model.default_generation_params("").unwrap();
+    assert_eq!(params.max_new_tokens, 45 - prompt_len);
+    assert_eq!(params.min_new_tokens, 40 - prompt_len);
+    assert_eq!(
+        (
+            params.num_beams,
+            params.length_penalty,
+            params.repetition_penalty
+        ),
+        (3, 0.5, 1.3)
+    );
+    assert_eq!(params.early_stopping, EarlyStopping::Always);
+    // The lengths hold in a real generation: no EOS before min_length, nothing past max_length.
+    let image = RgbImage::open(&common::image_path("astronaut.png")).unwrap();
+    let caption = &model.caption(&[image], "", &params).unwrap()[0];
+    let n = caption.token_ids.len();
+    assert!(
+        (params.min_new_tokens..=params.max_new_tokens).contains(&n),
+        "{n} tokens"
+    );
+
+    // max_new_tokens wins over max_length, as in transformers.
+    std::fs::write(
+        s.path("generation_config.json"),
+        r#"{"max_new_tokens": 7, "max_length": 45}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        load(&s)
+            .default_generation_params("")
+            .unwrap()
+            .max_new_tokens,
+        7
+    );
 }

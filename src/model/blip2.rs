@@ -6,9 +6,10 @@ use std::time::Instant;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, linear};
 
-use super::config::{Blip2Config, GenerationDefaults, TextConfig};
+use super::config::{Blip2Config, TextConfig};
 use super::error::candle_message;
 use super::generate::{Decoder, Prompt, generate_beam, generate_greedy_or_sample};
+use super::generation_config::GenerationDefaults;
 use super::language_model::LanguageModel;
 use super::opt::Opt;
 use super::processor::ImageProcessorConfig;
@@ -145,8 +146,7 @@ impl Blip2 {
     pub fn random(config: Blip2Config, device: DeviceChoice, dtype: DTypeChoice) -> Result<Self> {
         let device = resolve_device(device)?;
         let dtype = resolve_dtype(dtype, &device, &config.text);
-        let generation =
-            GenerationDefaults::from_json(None, &config.text, Path::new("generation_config.json"))?;
+        let generation = GenerationDefaults::from_text_config(&config.text);
         let image_processor = ImageProcessorConfig::with_size(config.image_size);
         let vb = super::random_weights::var_builder(dtype, &device);
         let parts = Parts {
@@ -232,6 +232,23 @@ impl Blip2 {
 
     pub fn generation_defaults(&self) -> &GenerationDefaults {
         &self.generation
+    }
+
+    /// The decoding settings transformers' `generate()` would use for `prompt` when the caller
+    /// passes none: the snapshot's `generation_config.json`, then transformers' global defaults
+    /// (see [`GenerationDefaults::params`]; a `max_length` there counts the prompt).
+    pub fn default_generation_params(&self, prompt: &str) -> Result<GenerationParams> {
+        let (input_len, max_positions) = match &self.config.text {
+            TextConfig::Opt(c) => (
+                self.config.num_query_tokens + self.encode_prompt(prompt)?.len(),
+                Some(c.max_position_embeddings),
+            ),
+            // The decoder's own ids: its start id.
+            TextConfig::T5(_) => (1, None),
+        };
+        self.generation
+            .params(input_len, max_positions)
+            .map_err(Error::Input)
     }
 
     /// Pixel values (B, 3, S, S) f32 on the model's device, as `Blip2Processor` makes them.

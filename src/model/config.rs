@@ -5,11 +5,44 @@
 //! matching transformers class (`Blip2VisionConfig`, `Blip2QFormerConfig`, `OPTConfig`,
 //! `T5Config`), so that a missing key means exactly what it means to transformers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::Deserialize;
+use candle_nn::Activation;
+use serde::{Deserialize, Deserializer};
 
+use super::json_file::{from_json_value, read_json};
 use super::{Error, Result};
+
+/// candle's `Activation` for a transformers activation name (`ACT2FN`), where candle computes
+/// the same function; `None` for the names this port does not implement.
+pub fn activation_from_hf(name: &str) -> Option<Activation> {
+    Some(match name {
+        // GELUActivation: the exact erf form (not the tanh approximation).
+        "gelu" | "gelu_python" => Activation::Gelu,
+        "gelu_new" => Activation::NewGelu,
+        "gelu_pytorch_tanh" | "gelu_python_tanh" => Activation::GeluPytorchTanh,
+        "relu" => Activation::Relu,
+        "relu2" => Activation::Relu2,
+        "relu6" => Activation::Relu6,
+        "silu" | "swish" => Activation::Silu,
+        "sigmoid" => Activation::Sigmoid,
+        "mish" => Activation::Mish,
+        "hardswish" => Activation::HardSwish,
+        // nn.LeakyReLU's default slope.
+        "leaky_relu" => Activation::LeakyRelu(0.01),
+        _ => return None,
+    })
+}
+
+fn hf_activation<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Activation, D::Error> {
+    let name = String::deserialize(d)?;
+    activation_from_hf(&name).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "activation {name:?} is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu, \
+             relu2, relu6, silu, swish, sigmoid, mish, hardswish, leaky_relu)"
+        ))
+    })
+}
 
 /// An id field that transformers allows to be a single int or a list of ints.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -55,7 +88,8 @@ pub struct VisionConfig {
     pub num_attention_heads: usize,
     pub image_size: Size,
     pub patch_size: Size,
-    pub hidden_act: String,
+    #[serde(deserialize_with = "hf_activation")]
+    pub hidden_act: Activation,
     pub layer_norm_eps: f64,
     pub qkv_bias: bool,
 }
@@ -69,7 +103,7 @@ impl Default for VisionConfig {
             num_attention_heads: 16,
             image_size: Size::Square(224),
             patch_size: Size::Square(14),
-            hidden_act: "gelu".into(),
+            hidden_act: Activation::Gelu,
             layer_norm_eps: 1e-6,
             qkv_bias: true,
         }
@@ -83,7 +117,8 @@ pub struct QFormerConfig {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub intermediate_size: usize,
-    pub hidden_act: String,
+    #[serde(deserialize_with = "hf_activation")]
+    pub hidden_act: Activation,
     pub layer_norm_eps: f64,
     pub cross_attention_frequency: usize,
     /// Overwritten with the vision hidden size, as `Blip2Config.__post_init__` does.
@@ -97,7 +132,7 @@ impl Default for QFormerConfig {
             num_hidden_layers: 12,
             num_attention_heads: 12,
             intermediate_size: 3072,
-            hidden_act: "gelu".into(),
+            hidden_act: Activation::Gelu,
             layer_norm_eps: 1e-12,
             cross_attention_frequency: 2,
             encoder_hidden_size: 1408,
@@ -119,7 +154,8 @@ pub struct OptConfig {
     pub remove_final_layer_norm: bool,
     pub word_embed_proj_dim: Option<usize>,
     pub num_attention_heads: usize,
-    pub activation_function: String,
+    #[serde(deserialize_with = "hf_activation")]
+    pub activation_function: Activation,
     pub enable_bias: bool,
     pub layer_norm_elementwise_affine: bool,
     pub pad_token_id: Option<u32>,
@@ -139,7 +175,7 @@ impl Default for OptConfig {
             remove_final_layer_norm: false,
             word_embed_proj_dim: None,
             num_attention_heads: 12,
-            activation_function: "relu".into(),
+            activation_function: Activation::Relu,
             enable_bias: true,
             layer_norm_elementwise_affine: true,
             pad_token_id: Some(1),
@@ -201,37 +237,29 @@ impl Default for T5Config {
     }
 }
 
-/// Feed-forward activation of a T5 block, parsed from `feed_forward_proj`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum T5Activation {
-    Relu,
-    /// `gelu_new`, the tanh approximation (what "gated-gelu" means in transformers).
-    GeluTanh,
-}
-
 impl T5Config {
     pub fn num_decoder_layers(&self) -> usize {
         self.num_decoder_layers.unwrap_or(self.num_layers)
     }
 
-    /// (gated, activation) as `T5Config.__post_init__` derives them.
-    pub fn feed_forward(&self) -> std::result::Result<(bool, T5Activation), String> {
-        let parts: Vec<&str> = self.feed_forward_proj.split('-').collect();
-        let (gated, act) = match parts.as_slice() {
+    /// (gated, activation) as `T5Config.__post_init__` derives them: `[gated-]ACT` with ACT a
+    /// transformers activation name, except that `"gated-gelu"` means `gelu_new` (tanh) for
+    /// backward compatibility; a plain `"gelu"` is the exact erf GELU.
+    pub fn feed_forward(&self) -> std::result::Result<(bool, Activation), String> {
+        let proj = self.feed_forward_proj.as_str();
+        let (gated, name) = match proj.split('-').collect::<Vec<_>>().as_slice() {
             [act] => (false, *act),
             ["gated", act] => (true, *act),
-            _ => {
-                return Err(format!(
-                    "unsupported feed_forward_proj {:?}",
-                    self.feed_forward_proj
-                ));
-            }
+            _ => return Err(format!("unsupported feed_forward_proj {proj:?}")),
         };
-        let act = match act {
-            "relu" => T5Activation::Relu,
-            "gelu" | "gelu_new" => T5Activation::GeluTanh,
-            other => return Err(format!("unsupported T5 activation {other:?}")),
+        let name = if proj == "gated-gelu" {
+            "gelu_new"
+        } else {
+            name
         };
+        let act = activation_from_hf(name).ok_or_else(|| {
+            format!("feed_forward_proj {proj:?}: activation {name:?} is not supported")
+        })?;
         Ok((gated, act))
     }
 
@@ -255,13 +283,6 @@ impl TextConfig {
         match self {
             TextConfig::Opt(c) => c.hidden_size,
             TextConfig::T5(c) => c.d_model,
-        }
-    }
-
-    pub fn family(&self) -> &'static str {
-        match self {
-            TextConfig::Opt(_) => "opt",
-            TextConfig::T5(_) => "t5",
         }
     }
 }
@@ -303,22 +324,8 @@ fn sub_config<T: for<'de> Deserialize<'de> + Default>(
 ) -> Result<T> {
     match value {
         None | Some(serde_json::Value::Null) => Ok(T::default()),
-        Some(v) => serde_json::from_value(v).map_err(|e| Error::Config {
-            path: path.to_path_buf(),
-            message: format!("invalid {key}: {e}"),
-        }),
+        Some(v) => from_json_value(v, path, &format!("{key}.")),
     }
-}
-
-pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| Error::Config {
-        path: path.to_path_buf(),
-        message: format!("not valid JSON: {e}"),
-    })
 }
 
 impl Blip2Config {
@@ -400,10 +407,6 @@ impl Blip2Config {
                     c.num_attention_heads > 0 && c.hidden_size % c.num_attention_heads == 0,
                     "text_config.hidden_size must be divisible by num_attention_heads",
                 )?;
-                check(
-                    c.activation_function == "relu",
-                    "only OPT with activation_function \"relu\" is supported",
-                )?;
             }
             TextConfig::T5(c) => {
                 c.feed_forward().map_err(bad)?;
@@ -412,15 +415,6 @@ impl Blip2Config {
                     "text_config.num_heads and d_kv must be positive",
                 )?;
             }
-        }
-        for (what, act) in [
-            ("vision_config", &vision.hidden_act),
-            ("qformer_config", &qformer.hidden_act),
-        ] {
-            check(
-                act == "gelu",
-                &format!("{what}.hidden_act {act:?} is not supported (expected \"gelu\")"),
-            )?;
         }
         Ok(Self {
             vision,
@@ -438,83 +432,99 @@ impl Blip2Config {
     }
 }
 
-/// The parts of `generation_config.json` (or, without it, the text config) that decoding needs.
-#[derive(Clone, Debug, PartialEq)]
-pub struct GenerationDefaults {
-    pub eos_token_ids: Vec<u32>,
-    pub pad_token_id: u32,
-    pub bos_token_id: Option<u32>,
-    pub decoder_start_token_id: u32,
-    pub max_new_tokens: Option<usize>,
-    pub num_beams: Option<usize>,
-    pub length_penalty: Option<f64>,
-    pub repetition_penalty: Option<f64>,
-    pub min_new_tokens: Option<usize>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Module, Tensor};
 
-impl GenerationDefaults {
-    /// Reads `dir/generation_config.json` when present; missing keys come from the text config.
-    pub fn load(dir: &Path, text: &TextConfig) -> Result<Self> {
-        let path: PathBuf = dir.join("generation_config.json");
-        let gen_config = if path.exists() {
-            Some(read_json(&path)?)
-        } else {
-            None
-        };
-        Self::from_json(gen_config.as_ref(), text, &path)
+    fn parse(json: &str) -> Result<Blip2Config> {
+        Blip2Config::from_json(
+            serde_json::from_str(json).unwrap(),
+            Path::new("dir/config.json"),
+        )
     }
 
-    /// From parsed `generation_config.json` (None: only the text config's values); `path` is
-    /// for error messages.
-    pub fn from_json(
-        gen_config: Option<&serde_json::Value>,
-        text: &TextConfig,
-        path: &Path,
-    ) -> Result<Self> {
-        let get = |key: &str| {
-            gen_config
-                .as_ref()
-                .and_then(|g| g.get(key))
-                .filter(|v| !v.is_null())
+    #[test]
+    fn plain_gelu_is_the_exact_erf_gelu_as_in_transformers() {
+        let x = Tensor::new(&[-2.5f32, -0.7, 0.3, 1.9], &Device::Cpu).unwrap();
+        let gelu = activation_from_hf("gelu").unwrap().forward(&x).unwrap();
+        let erf = x.gelu_erf().unwrap();
+        let tanh = x.gelu().unwrap();
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
         };
-        let get_u32 = |key: &str| get(key).and_then(|v| v.as_u64()).map(|v| v as u32);
-        let (text_eos, text_pad, text_bos, start) = match text {
-            TextConfig::Opt(c) => (c.eos_token_id.clone(), c.pad_token_id, c.bos_token_id, None),
-            TextConfig::T5(c) => (
-                c.eos_token_id.clone(),
-                c.pad_token_id,
-                None,
-                c.decoder_start_token_id,
-            ),
+        assert_eq!(diff(&gelu, &erf), 0.0);
+        assert!(
+            diff(&gelu, &tanh) > 1e-4,
+            "the tanh form differs measurably"
+        );
+        // T5: a non-gated "gelu" is erf GELU; "gated-gelu" keeps transformers' gelu_new.
+        let t5 = |proj: &str| T5Config {
+            feed_forward_proj: proj.into(),
+            ..T5Config::default()
         };
-        let eos =
-            match get("eos_token_id") {
-                Some(v) => Some(serde_json::from_value::<TokenIds>(v.clone()).map_err(|e| {
-                    Error::Config {
-                        path: path.to_path_buf(),
-                        message: format!("invalid eos_token_id: {e}"),
-                    }
-                })?),
-                None => text_eos,
+        assert_eq!(t5("gelu").feed_forward(), Ok((false, Activation::Gelu)));
+        assert_eq!(
+            t5("gated-gelu").feed_forward(),
+            Ok((true, Activation::NewGelu))
+        );
+        assert_eq!(
+            t5("gated-silu").feed_forward(),
+            Ok((true, Activation::Silu))
+        );
+        assert!(t5("gated-quick_gelu").feed_forward().is_err());
+        assert!(t5("a-b-c").feed_forward().is_err());
+    }
+
+    #[test]
+    fn activations_parse_by_transformers_names() {
+        for (name, act) in [
+            ("gelu", Activation::Gelu),
+            ("gelu_new", Activation::NewGelu),
+            ("gelu_pytorch_tanh", Activation::GeluPytorchTanh),
+            ("relu", Activation::Relu),
+            ("silu", Activation::Silu),
+            ("swish", Activation::Silu),
+            ("leaky_relu", Activation::LeakyRelu(0.01)),
+        ] {
+            let cfg = parse(&format!(
+                r#"{{"vision_config": {{"hidden_act": "{name}"}},
+                    "text_config": {{"model_type": "opt", "activation_function": "{name}"}}}}"#
+            ))
+            .unwrap();
+            assert_eq!(cfg.vision.hidden_act, act, "{name}");
+            let TextConfig::Opt(opt) = cfg.text else {
+                panic!("opt")
             };
-        let pad = get_u32("pad_token_id").or(text_pad).unwrap_or(0);
-        Ok(Self {
-            eos_token_ids: eos.map(|e| e.to_vec()).unwrap_or_default(),
-            pad_token_id: pad,
-            bos_token_id: get_u32("bos_token_id").or(text_bos),
-            // T5's decoder starts from the pad id when nothing else is configured.
-            decoder_start_token_id: get_u32("decoder_start_token_id").or(start).unwrap_or(pad),
-            max_new_tokens: get("max_new_tokens")
-                .and_then(|v| v.as_u64())
-                .map(|v| v as usize),
-            num_beams: get("num_beams")
-                .and_then(|v| v.as_u64())
-                .map(|v| v as usize),
-            length_penalty: get("length_penalty").and_then(|v| v.as_f64()),
-            repetition_penalty: get("repetition_penalty").and_then(|v| v.as_f64()),
-            min_new_tokens: get("min_new_tokens")
-                .and_then(|v| v.as_u64())
-                .map(|v| v as usize),
-        })
+            assert_eq!(opt.activation_function, act, "{name}");
+        }
+        // Names candle spells differently, or transformers does not know, are errors that name
+        // the file and the key.
+        for name in ["newgelu", "quick_gelu", "swiglu", "gelu_fast"] {
+            let err = parse(&format!(
+                r#"{{"qformer_config": {{"hidden_act": "{name}"}}}}"#
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with("dir/config.json: qformer_config.hidden_act: "),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_wrongly_typed_key_is_named() {
+        let err = parse(r#"{"text_config": {"model_type": "opt", "hidden_size": "768"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("text_config.hidden_size"), "{err}");
     }
 }

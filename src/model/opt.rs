@@ -1,8 +1,11 @@
 //! `language_model.*` for OPT checkpoints (`OPTForCausalLM`): a decoder-only LM with learned
-//! absolute positions (offset 2), ReLU FFN and a head tied to the token embeddings.
+//! absolute positions (offset 2), an FFN with `activation_function` (ReLU in released
+//! checkpoints) and a head tied to the token embeddings.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder, embedding, linear_b, linear_no_bias};
+use candle_nn::{
+    Activation, Embedding, LayerNorm, Linear, VarBuilder, embedding, linear_b, linear_no_bias,
+};
 
 use super::config::OptConfig;
 use super::kv_cache::{LayerCache, causal_mask, merge_heads, split_heads};
@@ -75,6 +78,7 @@ struct DecoderLayer {
     fc2: Linear,
     final_layer_norm: LayerNorm,
     pre_norm: bool,
+    activation: Activation,
 }
 
 impl DecoderLayer {
@@ -88,6 +92,7 @@ impl DecoderLayer {
             fc2: linear_b(cfg.ffn_dim, h, cfg.enable_bias, vb.pp("fc2"))?,
             final_layer_norm: opt_layer_norm(h, affine, vb.pp("final_layer_norm"))?,
             pre_norm: cfg.do_layer_norm_before,
+            activation: cfg.activation_function,
         })
     }
 
@@ -111,7 +116,9 @@ impl DecoderLayer {
         } else {
             xs.clone()
         };
-        let ffn = self.fc2.forward(&self.fc1.forward(&normed)?.relu()?)?;
+        let ffn = self
+            .fc2
+            .forward(&self.fc1.forward(&normed)?.apply(&self.activation)?)?;
         let mut xs = (xs + ffn)?;
         if !self.pre_norm {
             xs = self.final_layer_norm.forward(&xs)?;

@@ -6,7 +6,8 @@
 //! `rescale`: `(x.astype(float64) * rescale_factor).astype(float32)`, then `normalize`:
 //! `(x - float32(mean)) / float32(std)` in float32, laid out CHW.
 //!
-//! Colour conversion (`do_convert_rgb`) happens before this module sees the image: grayscale is
+//! Colour conversion happens before this module sees the image, which is always RGB, so the
+//! snapshot's `do_convert_rgb` is not read (for an RGB image it changes nothing): grayscale is
 //! replicated to 3 channels (PIL's `convert("RGB")`), and images with alpha are composited onto
 //! white (transformers' `convert_to_rgb`, not PIL's `convert("RGB")`, which drops alpha); use
 //! [`rgba_over_white`] for the latter.
@@ -15,6 +16,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
+use super::json_file::read_json_if_present;
 use super::resize::{self, Filter};
 use super::{Error, Result, RgbImage};
 
@@ -34,7 +36,6 @@ pub struct ImageProcessorConfig {
     pub do_normalize: bool,
     pub image_mean: [f64; 3],
     pub image_std: [f64; 3],
-    pub do_convert_rgb: bool,
     /// PIL resampling filter: 1 LANCZOS, 2 BILINEAR, 3 BICUBIC, 4 BOX, 5 HAMMING, 6 MKS2013,
     /// 7 MKS2021 (0, NEAREST, is rejected by [`ImageProcessorConfig::from_snapshot`]).
     pub resample: u32,
@@ -52,7 +53,6 @@ impl ImageProcessorConfig {
             do_normalize: true,
             image_mean: OPENAI_CLIP_MEAN,
             image_std: OPENAI_CLIP_STD,
-            do_convert_rgb: true,
             resample: 3,
         }
     }
@@ -70,7 +70,7 @@ impl ImageProcessorConfig {
         let mut warnings = Vec::new();
         let nested_path = dir.join(PROCESSOR_CONFIG);
         let flat_path = dir.join(PREPROCESSOR_CONFIG);
-        let nested = match read_json(&nested_path)? {
+        let nested = match read_json_if_present(&nested_path)? {
             Some(Value::Object(mut root)) => match root.remove("image_processor") {
                 Some(Value::Object(entry)) => Some(entry),
                 Some(_) => {
@@ -87,7 +87,7 @@ impl ImageProcessorConfig {
         let (path, map) = if let Some(map) = nested {
             // transformers never parses the flat file here, so its errors only matter for the
             // warning.
-            if let Ok(Some(Value::Object(flat))) = read_json(&flat_path) {
+            if let Ok(Some(Value::Object(flat))) = read_json_if_present(&flat_path) {
                 let a = parse_settings(&nested_path, &map, default_image_size)?;
                 if parse_settings(&flat_path, &flat, default_image_size).ok() != Some(a) {
                     warnings.push(format!(
@@ -99,7 +99,7 @@ impl ImageProcessorConfig {
             }
             (nested_path, map)
         } else {
-            match read_json(&flat_path)? {
+            match read_json_if_present(&flat_path)? {
                 Some(Value::Object(map)) => (flat_path, map),
                 Some(_) => return Err(config_err(&flat_path, "expected a JSON object")),
                 None => {
@@ -211,23 +211,6 @@ fn config_err(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-/// Parses a JSON file; `Ok(None)` if it does not exist.
-fn read_json(path: &Path) -> Result<Option<Value>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(Error::Io {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
-    };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| config_err(path, format!("invalid JSON: {e}")))
-}
-
 /// Reads the settings BlipImageProcessor uses from one config object; `null` or absent keys keep
 /// the class defaults.
 fn parse_settings(
@@ -274,7 +257,6 @@ fn parse_settings(
     cfg.do_resize = boolean("do_resize", cfg.do_resize)?;
     cfg.do_rescale = boolean("do_rescale", cfg.do_rescale)?;
     cfg.do_normalize = boolean("do_normalize", cfg.do_normalize)?;
-    cfg.do_convert_rgb = boolean("do_convert_rgb", cfg.do_convert_rgb)?;
     if let Some(v) = get("rescale_factor") {
         cfg.rescale_factor = number(v, "rescale_factor")?;
     }
@@ -432,7 +414,7 @@ mod tests {
     fn bad_configs_name_the_file() {
         let dir = tempdir("bad");
         let cases = [
-            (PREPROCESSOR_CONFIG, "{\"size\": ", "invalid JSON"),
+            (PREPROCESSOR_CONFIG, "{\"size\": ", "not valid JSON"),
             (PREPROCESSOR_CONFIG, r#"{"do_resize": "yes"}"#, "do_resize"),
             (
                 PREPROCESSOR_CONFIG,

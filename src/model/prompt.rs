@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tokenizers::Tokenizer;
 
-use super::config::read_json;
+use super::json_file::read_json;
 use super::{Error, Result};
 
 /// Which special tokens the language model expects around a prompt.
@@ -41,7 +41,7 @@ impl PromptCodec {
         // config asks for it.
         let config = dir.join("tokenizer_config.json");
         let clean_up_spaces = if config.exists() {
-            read_json(&config)?
+            read_json::<serde_json::Value>(&config)?
                 .get("clean_up_tokenization_spaces")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false)

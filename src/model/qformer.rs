@@ -5,7 +5,7 @@
 //! `output_query`) is used for captioning: there is no text input to the Q-Former.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear};
+use candle_nn::{Activation, LayerNorm, Linear, VarBuilder, layer_norm, linear};
 
 use super::config::QFormerConfig;
 use super::cpu_kernels::{self, AttentionShape, Heads};
@@ -103,6 +103,7 @@ struct Layer {
     intermediate_query: Linear,
     output_query: Linear,
     output_query_norm: LayerNorm,
+    act: Activation,
 }
 
 impl Layer {
@@ -127,6 +128,7 @@ impl Layer {
             )?,
             output_query: linear(cfg.intermediate_size, h, vb.pp("output_query.dense"))?,
             output_query_norm: layer_norm(h, cfg.layer_norm_eps, vb.pp("output_query.LayerNorm"))?,
+            act: cfg.hidden_act,
         })
     }
 
@@ -136,14 +138,14 @@ impl Layer {
             xs = cross.forward(&xs, image_states)?;
         }
         if cpu_kernels::applies(&xs) {
-            let ffn = cpu_kernels::linear_gelu(&xs, &self.intermediate_query)?;
+            let ffn = cpu_kernels::linear_activation(&xs, &self.intermediate_query, self.act)?;
             return self.output_query_norm.forward(&cpu_kernels::linear(
                 &ffn,
                 &self.output_query,
                 Some(&xs),
             )?);
         }
-        let ffn = self.intermediate_query.forward(&xs)?.gelu_erf()?;
+        let ffn = self.intermediate_query.forward(&xs)?.apply(&self.act)?;
         self.output_query_norm
             .forward(&(self.output_query.forward(&ffn)? + xs)?)
     }

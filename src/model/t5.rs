@@ -5,9 +5,9 @@
 //! encoder-decoder is written here, keyed exactly as the checkpoint.
 
 use candle_core::{D, DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder, embedding, linear_no_bias};
+use candle_nn::{Activation, Embedding, Linear, VarBuilder, embedding, linear_no_bias};
 
-use super::config::{T5Activation, T5Config};
+use super::config::T5Config;
 use super::kv_cache::{LayerCache, causal_mask, merge_heads, split_heads};
 
 /// T5LayerNorm: scale only, no mean subtraction, variance accumulated in f32.
@@ -155,7 +155,7 @@ struct FeedForward {
     wi: Linear,
     wi_1: Option<Linear>,
     wo: Linear,
-    act: T5Activation,
+    act: Activation,
 }
 
 impl FeedForward {
@@ -180,10 +180,7 @@ impl FeedForward {
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let h = self.wi.forward(xs)?;
-        let h = match self.act {
-            T5Activation::Relu => h.relu()?,
-            T5Activation::GeluTanh => h.gelu()?,
-        };
+        let h = h.apply(&self.act)?;
         let h = match &self.wi_1 {
             Some(wi_1) => (h * wi_1.forward(xs)?)?,
             None => h,

@@ -1,7 +1,7 @@
 //! `vision_model.*`: the ViT-g/14 image encoder (`Blip2VisionModel`).
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear};
+use candle_nn::{Activation, LayerNorm, Linear, VarBuilder, layer_norm, linear};
 
 use super::config::VisionConfig;
 use super::cpu_kernels::{self, AttentionShape, Heads};
@@ -109,13 +109,15 @@ impl Attention {
     }
 }
 
-/// `encoder.layers.N`: pre-LN transformer block with an exact-GELU MLP.
+/// `encoder.layers.N`: pre-LN transformer block; the MLP's activation is `hidden_act` (exact GELU
+/// in every released checkpoint).
 struct EncoderLayer {
     self_attn: Attention,
     layer_norm1: LayerNorm,
     fc1: Linear,
     fc2: Linear,
     layer_norm2: LayerNorm,
+    act: Activation,
 }
 
 impl EncoderLayer {
@@ -127,6 +129,7 @@ impl EncoderLayer {
             fc1: linear(h, cfg.intermediate_size, vb.pp("mlp.fc1"))?,
             fc2: linear(cfg.intermediate_size, h, vb.pp("mlp.fc2"))?,
             layer_norm2: layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
+            act: cfg.hidden_act,
         })
     }
 
@@ -138,7 +141,7 @@ impl EncoderLayer {
         let mlp = self
             .fc1
             .forward(&self.layer_norm2.forward(&xs)?)?
-            .gelu_erf()?;
+            .apply(&self.act)?;
         xs + self.fc2.forward(&mlp)?
     }
 
@@ -168,7 +171,8 @@ impl EncoderLayer {
             attn.scale as f32,
         )?;
         let xs = cpu_kernels::linear(&heads, &attn.projection, Some(xs))?;
-        let mlp = cpu_kernels::linear_gelu(&self.layer_norm2.forward(&xs)?, &self.fc1)?;
+        let normed = self.layer_norm2.forward(&xs)?;
+        let mlp = cpu_kernels::linear_activation(&normed, &self.fc1, self.act)?;
         cpu_kernels::linear(&mlp, &self.fc2, Some(&xs))
     }
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
-use super::config::read_json;
 use super::error::candle_message;
+use super::json_file::read_json;
 use super::{Error, Result};
 
 /// The weight files of a snapshot, checked to exist and to parse as safetensors.
@@ -24,7 +24,7 @@ impl WeightFiles {
         let index = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         let (origin, files) = if index.exists() {
-            let json = read_json(&index)?;
+            let json: serde_json::Value = read_json(&index)?;
             let map = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())

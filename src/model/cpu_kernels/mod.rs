@@ -16,7 +16,7 @@
 pub mod math;
 
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor};
-use candle_nn::Linear;
+use candle_nn::{Activation, Linear};
 use gemm::Parallelism;
 
 /// Whether the fast path can take `t`: f32, on the CPU. (Inputs are made contiguous here.)
@@ -124,13 +124,19 @@ pub fn linear(x: &Tensor, layer: &Linear, residual: Option<&Tensor>) -> Result<T
     Tensor::from_vec(out, dims, &Device::Cpu)
 }
 
-/// GELU(erf)(`x·Wᵀ + b`), the MLP's first half, in one buffer.
-pub fn linear_gelu(x: &Tensor, layer: &Linear) -> Result<Tensor> {
+/// `act(x·Wᵀ + b)`, the MLP's first half; the exact GELU is applied in the same buffer.
+pub fn linear_activation(x: &Tensor, layer: &Linear, act: Activation) -> Result<Tensor> {
     let mut out = linear_vec(x, layer)?;
-    par_chunks_mut(&mut out, 1 << 14, math::gelu_erf_slice);
+    if act == Activation::Gelu {
+        par_chunks_mut(&mut out, 1 << 14, math::gelu_erf_slice);
+    }
     let mut dims = x.dims().to_vec();
     *dims.last_mut().expect("rank >= 1") = layer.weight().dim(0)?;
-    Tensor::from_vec(out, dims, &Device::Cpu)
+    let out = Tensor::from_vec(out, dims, &Device::Cpu)?;
+    match act {
+        Activation::Gelu => Ok(out),
+        other => out.apply(&other),
+    }
 }
 
 fn linear_vec(x: &Tensor, layer: &Linear) -> Result<Vec<f32>> {
@@ -349,12 +355,14 @@ mod tests {
     }
 
     #[test]
-    fn linear_gelu_matches_candle() {
+    fn linear_activation_matches_candle() {
         let layer = Linear::new(random(&[96, 32], 6), Some(random(&[96], 7)));
         let x = random(&[3, 300, 32], 8);
-        let reference = layer.forward(&x).unwrap().gelu_erf().unwrap();
-        let ours = linear_gelu(&x, &layer).unwrap();
-        assert!(max_diff(&ours, &reference) < 1e-5);
+        for act in [Activation::Gelu, Activation::NewGelu, Activation::Silu] {
+            let reference = layer.forward(&x).unwrap().apply(&act).unwrap();
+            let ours = linear_activation(&x, &layer, act).unwrap();
+            assert!(max_diff(&ours, &reference) < 1e-5, "{act:?}");
+        }
     }
 
     /// Attention on a fused (B, T, 3, heads, d) projection, against candle's matmul/softmax.
