@@ -1,6 +1,8 @@
 //! One worker thread per loaded model. Elements talk to it through a [`Client`]: they submit
 //! [`Request`]s and collect [`Outcome`]s from their own mailbox. Requests that are queued
-//! together with the same prompt and generation parameters are captioned in one batch.
+//! together with the same generation parameters are captioned in one batch (prompts may
+//! differ); the requests of one sample asked several prompts are submitted as a group, which
+//! is never split across batches.
 
 use std::collections::{HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -83,6 +85,9 @@ pub enum WaitError {
 
 struct Job {
     ticket: Ticket,
+    /// Jobs submitted together ([`Client::submit_group`]) share the first one's ticket here;
+    /// they sit next to each other in the queue and are batched together.
+    group: Ticket,
     client: u64,
     request: Request,
     mailbox: Arc<Mailbox>,
@@ -193,41 +198,65 @@ impl Client {
 
     /// Queues `request` behind everything already queued.
     pub fn submit(&self, request: Request) -> Ticket {
-        self.enqueue(request, false).0
+        self.enqueue(vec![request], false).0[0]
     }
 
     /// Queues `request`, removing this client's requests that the worker has not started yet
     /// (realtime: only the newest sample matters). Returns the new ticket and the replaced ones.
     pub fn submit_replacing(&self, request: Request) -> (Ticket, Vec<Ticket>) {
-        self.enqueue(request, true)
+        let (tickets, replaced) = self.enqueue(vec![request], true);
+        (tickets[0], replaced)
     }
 
-    fn enqueue(&self, request: Request, replace: bool) -> (Ticket, Vec<Ticket>) {
-        let ticket = Ticket(NEXT_TICKET.fetch_add(1, Ordering::Relaxed));
+    /// Queues the requests of one sample (one frame asked several prompts) as a group: they go
+    /// to the model together in one call, whatever `max_batch` says, and are never split
+    /// across calls; `replace` works as in [`Client::submit_replacing`] and a later replacing
+    /// submission removes the whole group while it is queued. Returns the tickets in the order
+    /// of `requests`, and the replaced ones.
+    pub fn submit_group(
+        &self,
+        requests: Vec<Request>,
+        replace: bool,
+    ) -> (Vec<Ticket>, Vec<Ticket>) {
+        self.enqueue(requests, replace)
+    }
+
+    fn enqueue(&self, requests: Vec<Request>, replace: bool) -> (Vec<Ticket>, Vec<Ticket>) {
+        let tickets: Vec<Ticket> = requests
+            .iter()
+            .map(|_| Ticket(NEXT_TICKET.fetch_add(1, Ordering::Relaxed)))
+            .collect();
+        let Some(&group) = tickets.first() else {
+            return (tickets, Vec::new());
+        };
         let mut replaced = Vec::new();
         {
+            // One lock for the whole group: the worker never sees part of it.
             let mut queue = lock(&self.engine.shared.queue);
             if replace {
                 replaced = remove_client_jobs(&mut queue, self.id);
             }
-            // Register before the worker can see the job, so `wait_for` never misses it.
+            // Register before the worker can see the jobs, so `wait_for` never misses them.
             let mut mb = lock(&self.mailbox.state);
             for t in &replaced {
                 mb.in_flight.remove(t);
             }
-            mb.in_flight.insert(ticket);
+            mb.in_flight.extend(tickets.iter().copied());
             let epoch = self.mailbox.epoch.load(Ordering::Acquire);
             drop(mb);
-            queue.jobs.push_back(Job {
-                ticket,
-                client: self.id,
-                request,
-                mailbox: self.mailbox.clone(),
-                epoch,
-            });
+            for (&ticket, request) in tickets.iter().zip(requests) {
+                queue.jobs.push_back(Job {
+                    ticket,
+                    group,
+                    client: self.id,
+                    request,
+                    mailbox: self.mailbox.clone(),
+                    epoch,
+                });
+            }
         }
         self.engine.shared.wake.notify_all();
-        (ticket, replaced)
+        (tickets, replaced)
     }
 
     /// Cancels every request of this client, queued or running: running ones are told through
@@ -332,22 +361,41 @@ fn run(shared: Arc<Shared>) {
 }
 
 fn take_batch(queue: &mut Queue) -> Vec<Job> {
-    let first = queue.jobs.pop_front().expect("queue is not empty");
-    let limit = first.request.max_batch.max(1);
-    let mut batch = vec![first];
+    let mut batch = take_group(queue, 0);
+    // A group larger than `max_batch` still goes in one call.
+    let limit = batch[0].request.max_batch.max(1).max(batch.len());
     let mut i = 0;
     while batch.len() < limit && i < queue.jobs.len() {
+        let size = group_len(queue, i);
         let job = &queue.jobs[i];
-        // Prompts may differ: the model pads them into one batch.
-        let same = job.request.params == batch[0].request.params
-            && job.request.max_batch.max(1) > batch.len();
-        if same {
-            batch.push(queue.jobs.remove(i).expect("index is in range"));
+        // Prompts may differ: the model pads them into one batch. A group joins whole or not
+        // at all, within every member's own limit.
+        let fits = job.request.params == batch[0].request.params
+            && batch.len() + size <= limit
+            && job.request.max_batch.max(1) >= batch.len() + size;
+        if fits {
+            batch.extend(take_group(queue, i));
         } else {
-            i += 1;
+            i += size;
         }
     }
     batch
+}
+
+/// The number of jobs in the group that starts at `i` (they are contiguous).
+fn group_len(queue: &Queue, i: usize) -> usize {
+    let group = queue.jobs[i].group;
+    queue
+        .jobs
+        .iter()
+        .skip(i)
+        .take_while(|j| j.group == group)
+        .count()
+}
+
+fn take_group(queue: &mut Queue, i: usize) -> Vec<Job> {
+    let n = group_len(queue, i);
+    queue.jobs.drain(i..i + n).collect()
 }
 
 fn caption_batch(captioner: &dyn Captioner, mut batch: Vec<Job>) {
@@ -544,6 +592,143 @@ mod tests {
         assert_eq!(c.wait_for(running).unwrap().result.unwrap().text, "1");
         assert_eq!(c.wait_for(newest).unwrap().result.unwrap().text, "3");
         assert_eq!(c.wait_for(queued).unwrap_err(), WaitError::Unknown);
+    }
+
+    /// Records the prompts of every `caption_batch` call; held at a gate like [`Gated`].
+    struct GatedCalls {
+        gate: Mutex<mpsc::Receiver<()>>,
+        calls: Mutex<Vec<Vec<String>>>,
+    }
+
+    impl Captioner for GatedCalls {
+        fn caption(
+            &self,
+            _: &[RgbImage],
+            _: &str,
+            _: &GenerationParams,
+        ) -> ModelResult<Vec<Caption>> {
+            unreachable!("caption_batch is overridden")
+        }
+
+        fn caption_batch(
+            &self,
+            items: Vec<BatchItem>,
+            _params: &GenerationParams,
+        ) -> Vec<ModelResult<Caption>> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(items.iter().map(|i| i.prompt.clone()).collect());
+            let _ = self.gate.lock().unwrap().recv();
+            items
+                .iter()
+                .map(|i| {
+                    Ok(Caption {
+                        token_ids: vec![],
+                        text: format!("{}{}", i.prompt, i.image.data[0]),
+                    })
+                })
+                .collect()
+        }
+    }
+
+    fn gated_calls() -> (Arc<GatedCalls>, mpsc::Sender<()>) {
+        let (tx, rx) = mpsc::channel();
+        let cap = Arc::new(GatedCalls {
+            gate: Mutex::new(rx),
+            calls: Mutex::new(vec![]),
+        });
+        (cap, tx)
+    }
+
+    fn group(byte: u8, prompts: &[&str], max_batch: usize) -> Vec<Request> {
+        prompts
+            .iter()
+            .map(|p| Request {
+                max_batch,
+                ..req(byte, p)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_group_goes_to_the_model_in_one_call_even_past_max_batch() {
+        let (cap, gate) = gated_calls();
+        let engine = Engine::spawn(cap.clone(), "t");
+        let c = engine.client();
+        let busy = c.submit(req(0, "busy"));
+        wait_until(|| cap.calls.lock().unwrap().len() == 1);
+        let (tickets, replaced) = c.submit_group(group(7, &["a", "b", "c"], 2), false);
+        assert!(replaced.is_empty());
+        let after = c.submit(Request {
+            max_batch: 2,
+            ..req(8, "d")
+        });
+        for _ in 0..3 {
+            gate.send(()).unwrap();
+        }
+        c.wait_for(busy).unwrap();
+        let texts: Vec<String> = tickets
+            .iter()
+            .map(|&t| {
+                let o = c.wait_for(t).unwrap();
+                assert_eq!(o.batch_size, 3);
+                o.result.unwrap().text
+            })
+            .collect();
+        assert_eq!(texts, vec!["a7", "b7", "c7"]);
+        assert_eq!(c.wait_for(after).unwrap().result.unwrap().text, "d8");
+        assert_eq!(
+            *cap.calls.lock().unwrap(),
+            vec![vec!["busy"], vec!["a", "b", "c"], vec!["d"]]
+        );
+    }
+
+    #[test]
+    fn groups_join_a_batch_whole_or_not_at_all() {
+        let (cap, gate) = gated_calls();
+        let engine = Engine::spawn(cap.clone(), "t");
+        let (x, y) = (engine.client(), engine.client());
+        let busy = x.submit(req(0, "busy"));
+        wait_until(|| cap.calls.lock().unwrap().len() == 1);
+        // max-batch 3: "s" then the group of three would make four, so the group waits and
+        // "t" (queued after it) joins "s"; the group then goes alone.
+        x.submit(Request {
+            max_batch: 3,
+            ..req(1, "s")
+        });
+        y.submit_group(group(2, &["g1", "g2", "g3"], 3), false);
+        x.submit(Request {
+            max_batch: 3,
+            ..req(3, "t")
+        });
+        for _ in 0..3 {
+            gate.send(()).unwrap();
+        }
+        x.wait_for(busy).unwrap();
+        wait_until(|| x.in_flight() == 0 && y.in_flight() == 0);
+        assert_eq!(
+            *cap.calls.lock().unwrap(),
+            vec![vec!["busy"], vec!["s", "t"], vec!["g1", "g2", "g3"]]
+        );
+    }
+
+    #[test]
+    fn replacing_removes_a_queued_group_whole() {
+        let (cap, gate) = gated_calls();
+        let engine = Engine::spawn(cap.clone(), "t");
+        let c = engine.client();
+        let busy = c.submit(req(0, "busy"));
+        wait_until(|| cap.calls.lock().unwrap().len() == 1);
+        let (old, _) = c.submit_group(group(1, &["a", "b"], 8), true);
+        let (new, replaced) = c.submit_group(group(2, &["a", "b"], 8), true);
+        assert_eq!(replaced, old);
+        gate.send(()).unwrap();
+        gate.send(()).unwrap();
+        c.wait_for(busy).unwrap();
+        assert_eq!(c.wait_for(new[1]).unwrap().result.unwrap().text, "b2");
+        assert_eq!(c.wait_for(old[0]).unwrap_err(), WaitError::Unknown);
+        assert!(c.submit_group(vec![], false).0.is_empty());
     }
 
     #[test]
