@@ -12,6 +12,7 @@ mod failure;
 mod lifecycle;
 mod output;
 mod properties;
+mod remote;
 mod state;
 
 use std::sync::{Arc, Mutex, MutexGuard};

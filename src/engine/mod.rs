@@ -4,7 +4,7 @@
 //!
 //! Door order: element → engine → model. The element only sees [`Engine`], [`Client`],
 //! [`Request`] and [`Outcome`] (with a typed [`CaptionError`]); the engine only sees the
-//! [`Captioner`] trait and [`load_blip2`].
+//! [`Captioner`] trait, [`load_blip2`] and the remote backend in [`openai`].
 
 mod cache;
 mod error;
@@ -12,6 +12,7 @@ mod hub;
 mod hub_cache;
 mod hub_error;
 mod hub_http;
+pub mod openai;
 mod resolve;
 mod worker;
 
@@ -31,7 +32,8 @@ pub use worker::{BatchItem, CancelToken, Client, Engine, Outcome, Request, Ticke
 
 /// Anything that turns a batch of images plus one prompt into one caption per image.
 ///
-/// The real implementation is the BLIP-2 model; tests inject fakes (slow, failing, deterministic) through
+/// The real implementations are the BLIP-2 model and the remote server client
+/// ([`openai::OpenAiCaptioner`]); tests inject fakes (slow, failing, deterministic) through
 /// [`register_captioner`].
 pub trait Captioner: Send + Sync {
     fn caption(

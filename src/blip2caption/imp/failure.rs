@@ -85,6 +85,15 @@ pub(super) fn describe(error: &CaptionError, settings: &Settings, prompt: &str) 
     Failure { code, text }
 }
 
+/// Failures that no later sample can escape (a server refusing the request: wrong model name,
+/// bad key, bad request), so realtime mode stops too instead of warning once and going on.
+pub(super) fn never_recovers(error: &CaptionError) -> bool {
+    matches!(error, CaptionError::Remote(r) if matches!(
+        r.kind,
+        RemoteErrorKind::Status { code, .. } if (400..500).contains(&code) && code != 429
+    ))
+}
+
 fn failure(code: Code, error: &CaptionError) -> Failure {
     Failure {
         code,

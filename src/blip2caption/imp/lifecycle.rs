@@ -7,6 +7,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::properties::{dtype_choice, parse_device};
+use super::remote::Backend;
 use super::state::{State, Stats};
 use super::{Blip2Caption, CAT, lock};
 use crate::engine;
@@ -15,6 +16,9 @@ impl Blip2Caption {
     /// NULL→READY: resolve and load the model (or share an already loaded one).
     pub(super) fn load_model(&self) -> Result<(), gst::StateChangeError> {
         let settings = lock(&self.settings).clone();
+        if settings.remote.backend == Backend::OpenAi {
+            return self.connect_remote(&settings);
+        }
         let obj = self.obj();
         let device = match parse_device(&settings.device) {
             Ok(d) => d,

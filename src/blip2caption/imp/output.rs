@@ -81,7 +81,7 @@ impl Blip2Caption {
                     "Captioning the frame at {} failed: {}",
                     sample.pts, failure.text
                 );
-                if realtime {
+                if realtime && !failure::never_recovers(&e) {
                     // Live video keeps flowing; one failed sample is not worth stopping for.
                     // The same failure again and again is posted once (until a caption
                     // succeeds), so a pipeline running for days does not flood the bus.
@@ -99,7 +99,8 @@ impl Blip2Caption {
                     }
                     return Ok(());
                 }
-                // Complete mode promised a caption for every sample.
+                // Complete mode promised a caption for every sample; a server that refuses the
+                // request (4xx) will refuse the next ones too.
                 self.post_failure(&failure, &e, true);
                 return Err(gst::FlowError::Error);
             }

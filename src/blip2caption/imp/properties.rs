@@ -6,6 +6,7 @@ use gst::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
 use super::super::{DType, Mode};
+use super::remote::{self, RemoteSettings};
 use super::{Blip2Caption, CAT, lock};
 use crate::model::{DTypeChoice, DeviceChoice, GenerationParams};
 
@@ -28,6 +29,7 @@ pub(super) struct Settings {
     pub(super) device: String,
     pub(super) dtype: DType,
     pub(super) max_batch: u32,
+    pub(super) remote: RemoteSettings,
 }
 
 impl Default for Settings {
@@ -46,6 +48,7 @@ impl Default for Settings {
             device: "auto".into(),
             dtype: DType::Auto,
             max_batch: DEFAULT_MAX_BATCH,
+            remote: RemoteSettings::default(),
         }
     }
 }
@@ -83,7 +86,7 @@ pub(super) fn dtype_choice(d: DType) -> DTypeChoice {
 pub(super) fn specs() -> &'static [glib::ParamSpec] {
     static PROPS: Lazy<Vec<glib::ParamSpec>> = Lazy::new(|| {
         let d = Settings::default();
-        vec![
+        let mut props = vec![
             glib::ParamSpecString::builder("model")
                 .nick("Model")
                 .blurb(
@@ -195,7 +198,10 @@ pub(super) fn specs() -> &'static [glib::ParamSpec] {
                 )
                 .read_only()
                 .build(),
-        ]
+        ];
+        // The backend's properties right after `model`, which they qualify.
+        props.splice(1..1, remote::specs());
+        props
     });
     PROPS.as_ref()
 }
@@ -203,6 +209,9 @@ pub(super) fn specs() -> &'static [glib::ParamSpec] {
 impl Blip2Caption {
     pub(super) fn set_property_value(&self, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut s = lock(&self.settings);
+        if remote::is_remote_property(pspec.name()) {
+            return remote::set(&mut s.remote, pspec.name(), value);
+        }
         match pspec.name() {
             "model" => s.model = value.get::<Option<String>>().unwrap().unwrap_or_default(),
             "prompt" => {
@@ -245,6 +254,9 @@ impl Blip2Caption {
 
     pub(super) fn property_value(&self, pspec: &glib::ParamSpec) -> glib::Value {
         let s = lock(&self.settings);
+        if remote::is_remote_property(pspec.name()) {
+            return remote::get(&s.remote, pspec.name());
+        }
         match pspec.name() {
             "model" => s.model.to_value(),
             "prompt" => s.prompt.to_value(),
