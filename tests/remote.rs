@@ -277,3 +277,45 @@ fn equal_server_settings_share_one_worker() {
     assert!(!Arc::ptr_eq(&a, &engine::openai::engine(&keyed)));
     assert!(!format!("{keyed:?}").contains("\"k\""), "{keyed:?}");
 }
+
+/// The chat template shipped for vLLM gives the prompt ids transformers' processor makes: BOS,
+/// then the prompt's tokens (vLLM adds no special tokens to chat prompts itself), and BOS
+/// alone for plain captioning.
+#[test]
+fn shipped_chat_template_gives_the_processor_prompt_ids() {
+    let dir = common::model_dir("opt-tiny");
+    let template = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("serving/blip2-chat-template.jinja"),
+    )
+    .unwrap();
+    let mut env = minijinja::Environment::new();
+    env.add_template("chat", &template).unwrap();
+    let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let model =
+        gstblip2::model::Blip2::load(&dir, DeviceChoice::Cpu, DTypeChoice::F32, &mut |_| {})
+            .unwrap();
+    let queries = model.config().num_query_tokens;
+    for prompt in [
+        "",
+        "Question: what is in the picture? Answer:",
+        "a photo of",
+    ] {
+        let rendered = env
+            .get_template("chat")
+            .unwrap()
+            .render(minijinja::context! {
+                bos_token => "</s>",
+                messages => vec![minijinja::context! { role => "user", content => prompt }],
+            })
+            .unwrap();
+        assert_eq!(rendered, format!("</s>{prompt}"));
+        let ids = tokenizer
+            .encode(rendered, false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        let want = model.input_ids(prompt).unwrap()[queries..].to_vec();
+        assert_eq!(ids[0], 2, "BOS first: {ids:?}");
+        assert_eq!(ids, want, "{prompt:?}");
+    }
+}

@@ -87,6 +87,9 @@ impl Reply {
     }
 }
 
+/// How many of the latest requests [`Server::seen`] keeps.
+pub const KEEP_REQUESTS: usize = 64;
+
 type Handler = dyn Fn(usize, &HttpRequest) -> Reply + Send + Sync;
 
 /// A server running until dropped. The handler gets the index of each chat completion request
@@ -96,6 +99,7 @@ pub struct Server {
     chats: Arc<AtomicUsize>,
     answered: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    /// The latest [`KEEP_REQUESTS`] requests, oldest first.
     pub seen: Arc<Mutex<Vec<HttpRequest>>>,
 }
 
@@ -186,7 +190,14 @@ fn serve(
     };
     let mut reply = handler(index, &request);
     let is_chat = request.is_chat();
-    seen.lock().unwrap().push(request);
+    {
+        // The latest requests only, so a long run does not grow the test's own memory.
+        let mut seen = seen.lock().unwrap();
+        if seen.len() == KEEP_REQUESTS {
+            seen.remove(0);
+        }
+        seen.push(request);
+    }
     while let Reply::After(wait, next) = reply {
         std::thread::sleep(wait);
         reply = *next;

@@ -94,7 +94,8 @@ pub(super) fn specs() -> &'static [glib::ParamSpec] {
                      Salesforce/blip2-opt-2.7b (optionally @revision) taken from the Hugging \
                      Face cache ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub) and \
                      downloaded into it on first use (HF_ENDPOINT, HF_TOKEN; HF_HUB_OFFLINE=1 \
-                     never downloads). Loaded on NULL→READY, with Progress messages",
+                     never downloads). Loaded on NULL→READY, with Progress messages. With \
+                     backend=openai: the served model name, unless server-model is set",
                 )
                 .default_value(Some(DEFAULT_MODEL))
                 .build(),
