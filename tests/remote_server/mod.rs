@@ -152,7 +152,7 @@ impl Server {
         self.chats.load(Ordering::SeqCst)
     }
 
-    /// Chat completions answered with a 200 so far.
+    /// Chat completions answered (or being answered) with a 200 so far.
     pub fn answered(&self) -> usize {
         self.answered.load(Ordering::SeqCst)
     }
@@ -209,12 +209,14 @@ fn serve(
                  Connection: close\r\n\r\n",
                 body.len()
             );
-            let sent = stream
-                .write_all(head.as_bytes())
-                .and_then(|_| stream.write_all(body.as_bytes()));
-            if sent.is_ok() && status == 200 && is_chat {
+            // Counted before writing: the client may act on the answer before this thread
+            // runs again.
+            if status == 200 && is_chat {
                 answered.fetch_add(1, Ordering::SeqCst);
             }
+            let _ = stream
+                .write_all(head.as_bytes())
+                .and_then(|_| stream.write_all(body.as_bytes()));
         }
         Reply::Raw(bytes) => {
             let _ = stream.write_all(&bytes);
