@@ -319,3 +319,54 @@ fn shipped_chat_template_gives_the_processor_prompt_ids() {
         assert_eq!(ids, want, "{prompt:?}");
     }
 }
+
+const CHILD_URL: &str = "GST_BLIP2_REMOTE_TEST_URL";
+
+/// `api-key` unset: the key comes from `$OPENAI_API_KEY`, and a full debug log of the element
+/// (`GST_DEBUG=blip2caption:9`) never shows it. The element half runs in a child process
+/// (this binary's ignored test below) with the environment set from its start, instead of
+/// changing the environment of a running multi-threaded test.
+#[test]
+fn api_key_defaults_to_the_environment_and_stays_out_of_logs() {
+    let secret = "sk-from-env-0451";
+    let server = Server::start(engine_handler(local_model(), "blip2-tiny", Some(secret)));
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "--nocapture",
+            "child_captions_with_the_environment_key",
+        ])
+        .env("OPENAI_API_KEY", secret)
+        .env(CHILD_URL, server.url())
+        .env("GST_DEBUG", "blip2caption:9")
+        .env("GST_DEBUG_NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "the child ran: {text}");
+    assert!(
+        text.contains("checking server"),
+        "the debug log was on: {text}"
+    );
+    assert!(text.contains("<redacted>"), "{text}");
+    assert!(!text.contains(secret), "the key leaked: {text}");
+    assert!(server.answered() >= 2);
+}
+
+#[test]
+#[ignore = "run by api_key_defaults_to_the_environment_and_stays_out_of_logs"]
+fn child_captions_with_the_environment_key() {
+    init();
+    let url = std::env::var(CHILD_URL).expect("run by its parent test");
+    let texts = captions_of(&format!(
+        "videotestsrc num-buffers=2 ! video/x-raw,width=16,height=16,framerate=1/1 \
+         ! blip2caption backend=openai server-url={url} model=blip2-tiny mode=complete ! fakesink"
+    ));
+    assert_eq!(texts.len(), 2);
+}

@@ -14,6 +14,9 @@ pub const BACKOFF_START: Duration = Duration::from_millis(250);
 /// Longest wait between attempts (also the cap on a server's `Retry-After`).
 pub const BACKOFF_MAX: Duration = Duration::from_secs(8);
 
+/// The HTTP client for `config`. Note for whoever bridges the `log` crate into GStreamer's
+/// debug log: ureq's TRACE level is the wire, unredacted (the `Authorization` header and the
+/// frames); keep ureq at DEBUG or below there.
 pub fn agent(config: &RemoteConfig) -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_connect(Some(config.connect_timeout))
