@@ -1,16 +1,26 @@
 //! An application reading blip2caption's results two ways: bus messages, and the
 //! `Blip2CaptionMeta` on video buffers from an appsink.
 //!
-//! cargo run --release --example app -- [model] [video file]
+//! cargo run --release --example app -- [--model M] [--video FILE]
 
+use clap::Parser;
 use gst::prelude::*;
 
+/// Read blip2caption's answers from bus messages and from the buffer meta.
+#[derive(Parser)]
+#[command(name = "app")]
+struct Args {
+    /// Snapshot folder, or Hugging Face id (org/name[@revision])
+    #[arg(long, default_value = "Salesforce/blip2-opt-2.7b")]
+    model: String,
+    /// Video file to read; without it, 3 s of a test pattern
+    #[arg(long)]
+    video: Option<String>,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let model = args
-        .first()
-        .map_or("Salesforce/blip2-opt-2.7b", String::as_str);
-    let source = match args.get(1) {
+    let Args { model, video } = Args::parse();
+    let source = match video {
         Some(file) => format!("filesrc location=\"{file}\" ! decodebin ! videoconvert"),
         None => "videotestsrc num-buffers=90".to_string(),
     };

@@ -1,23 +1,35 @@
 //! Captions a video file: writes an `.srt` (or `.vtt`) and an `.mkv` with a subtitle track.
 //!
-//! cargo run --release --example caption_file -- input.mp4 out.srt out.mkv [model] [interval-s]
+//! cargo run --release --example caption_file -- input.mp4 out.srt out.mkv [--model M] [--interval S]
 
+use clap::Parser;
 use gst::prelude::*;
 
+/// Caption a video file into subtitles and an MKV with a subtitle track.
+#[derive(Parser)]
+#[command(name = "caption_file")]
+struct Args {
+    /// Video file to caption
+    input: String,
+    /// Subtitle file to write: WebVTT when it ends in .vtt, else SRT
+    subtitles: String,
+    /// Matroska file to write: the video (H.264) and the captions as a subtitle track
+    mkv: String,
+    /// Snapshot folder, or Hugging Face id (org/name[@revision])
+    #[arg(long, default_value = "Salesforce/blip2-opt-2.7b")]
+    model: String,
+    /// Seconds between captions
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.len() < 4 {
-        eprintln!(
-            "usage: {} INPUT OUT.srt|OUT.vtt OUT.mkv [MODEL] [INTERVAL_S]",
-            args[0]
-        );
-        std::process::exit(2);
+    let args = Args::parse();
+    let (input, subs, mkv, model) = (&args.input, &args.subtitles, &args.mkv, &args.model);
+    if !(args.interval.is_finite() && args.interval >= 0.0) {
+        return Err(format!("--interval {}: not a number of seconds", args.interval).into());
     }
-    let (input, subs, mkv) = (&args[1], &args[2], &args[3]);
-    let model = args
-        .get(4)
-        .map_or("Salesforce/blip2-opt-2.7b", String::as_str);
-    let interval: f64 = args.get(5).map_or(Ok(1.0), |s| s.parse())?;
+    let interval = args.interval;
 
     gst::init()?;
     gstblip2::plugin_register_static()?;

@@ -1,17 +1,25 @@
 //! Live captions over video: camera (or `videotestsrc is-live=true`) → blip2caption →
 //! textoverlay → display, or fakesink when there is no display.
 //!
-//! cargo run --release --example live -- [model] [--camera]
+//! cargo run --release --example live -- [--model M] [--camera]
 
+use clap::Parser;
 use gst::prelude::*;
 
+/// Live captions burnt into the picture.
+#[derive(Parser)]
+#[command(name = "live")]
+struct Args {
+    /// Snapshot folder, or Hugging Face id (org/name[@revision])
+    #[arg(long, default_value = "Salesforce/blip2-opt-2.7b")]
+    model: String,
+    /// Capture from the camera (v4l2src) instead of a live test pattern
+    #[arg(long)]
+    camera: bool,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let camera = args.iter().any(|a| a == "--camera");
-    let model = args
-        .iter()
-        .find(|a| !a.starts_with("--"))
-        .map_or("Salesforce/blip2-opt-2.7b", String::as_str);
+    let Args { model, camera } = Args::parse();
 
     gst::init()?;
     gstblip2::plugin_register_static()?;

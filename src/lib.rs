@@ -9,6 +9,8 @@ pub mod model;
 
 pub mod engine;
 
+mod sync;
+
 mod blip2caption;
 /// The scene-change measure of `scene-threshold`, for applications that want to see the
 /// distances of their own video before choosing a threshold.

@@ -407,6 +407,10 @@ fn realtime_mode_never_blocks_video_and_counts_drops() {
     assert_eq!(taken, 60);
     assert!(dropped >= 40, "dropped {dropped}");
     assert!(!run.captions.is_empty());
+    // Every inference takes the fake's 300 ms.
+    let max = stats.get::<u64>("max-inference-time").unwrap();
+    let mean = stats.get::<u64>("mean-inference-time").unwrap();
+    assert!(max >= 300_000_000 && max >= mean, "max {max} mean {mean}");
     assert_eq!(stats.get::<u64>("frames-seen").unwrap(), 60);
 }
 

@@ -15,19 +15,19 @@ mod properties;
 mod remote;
 mod state;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
-use once_cell::sync::Lazy;
 
 use super::textqueue::TextQueue;
 use crate::engine::Client;
+use crate::sync::lock;
 use properties::Settings;
 use state::{State, Stats};
 
-static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "blip2caption",
         gst::DebugColorFlags::empty(),
@@ -49,10 +49,6 @@ pub struct Blip2Caption {
     auto_latency: Mutex<gst::ClockTime>,
     /// Everything for `text_src`, pushed by that pad's own task.
     text_queue: Arc<TextQueue>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Blip2Caption {
@@ -187,7 +183,7 @@ impl GstObjectImpl for Blip2Caption {}
 
 impl ElementImpl for Blip2Caption {
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
-        static META: Lazy<gst::subclass::ElementMetadata> = Lazy::new(|| {
+        static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
             gst::subclass::ElementMetadata::new(
                 "BLIP-2 video captioner",
                 "Filter/Analyzer/Video/Text",
@@ -200,7 +196,7 @@ impl ElementImpl for Blip2Caption {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static TEMPLATES: Lazy<Vec<gst::PadTemplate>> = Lazy::new(|| {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
             // Every raw format the video converter can unpack: only sampled frames are
             // converted to RGB, the video itself passes untouched.
             let formats = gst_video::VideoFormat::iter_raw().map(|f| f.to_str());

@@ -4,9 +4,11 @@
 //! would otherwise deadlock the one thread that feeds both.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 
 use gst::prelude::*;
+
+use crate::sync::{lock, wait};
 
 #[derive(Debug)]
 pub enum Item {
@@ -26,10 +28,6 @@ struct Inner {
 pub struct TextQueue {
     inner: Mutex<Inner>,
     wake: Condvar,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl TextQueue {
@@ -111,7 +109,7 @@ impl TextQueue {
                 if let Some(item) = inner.items.pop_front() {
                     break item;
                 }
-                inner = self.wake.wait(inner).unwrap_or_else(|e| e.into_inner());
+                inner = wait(&self.wake, inner);
             }
         };
         let flow = match item {

@@ -4,12 +4,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
-
-use once_cell::sync::Lazy;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use super::{Captioner, Engine, LoadError, LoadProgress};
 use crate::model::{DTypeChoice, DeviceChoice, Result};
+use crate::sync::lock;
 
 /// What identifies one loaded model.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -24,12 +23,13 @@ pub struct ModelKey {
 /// the model once, without holding the global map lock during a slow load.
 type Slot = Arc<Mutex<Weak<Engine>>>;
 
-static SLOTS: Lazy<Mutex<HashMap<ModelKey, Slot>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+static SLOTS: LazyLock<Mutex<HashMap<ModelKey, Slot>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// Captioners injected by tests (or applications) under a model path; they are held strongly
 /// until unregistered and take precedence over loading from disk, for any device and dtype.
-static INJECTED: Lazy<Mutex<HashMap<PathBuf, Arc<dyn Captioner>>>> =
-    Lazy::new(|| Mutex::new(HashMap::new()));
+static INJECTED: LazyLock<Mutex<HashMap<PathBuf, Arc<dyn Captioner>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// Makes `model=<path>` use `captioner` instead of loading BLIP-2 from `path`.
 ///
@@ -84,11 +84,6 @@ pub fn get_or_load_with(
     Ok(get_or_load(&key, || {
         super::load_blip2(&key.dir, device, dtype, &mut stage)
     })?)
-}
-
-/// A poisoned lock only means another thread panicked while holding it; the maps stay usable.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -7,11 +7,12 @@
 use std::collections::{HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{CaptionError, Captioner};
 use crate::model::{Caption, GenerationParams, RgbImage};
+use crate::sync::{lock, wait};
 
 /// Identifies one submitted request; unique within the process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -170,11 +171,6 @@ impl Engine {
     pub fn load_warnings(&self) -> Vec<String> {
         self.shared.captioner.load_warnings()
     }
-
-    /// Requests waiting for the worker (not counting the batch being captioned).
-    pub fn queued(&self) -> usize {
-        lock(&self.shared.queue).jobs.len()
-    }
 }
 
 impl Drop for Engine {
@@ -192,10 +188,6 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
-    }
-
     /// Queues `request` behind everything already queued.
     pub fn submit(&self, request: Request) -> Ticket {
         self.enqueue(vec![request], false).0[0]
@@ -301,11 +293,7 @@ impl Client {
             if !mb.in_flight.contains(&ticket) {
                 return Err(WaitError::Unknown);
             }
-            mb = self
-                .mailbox
-                .wake
-                .wait(mb)
-                .unwrap_or_else(|e| e.into_inner());
+            mb = wait(&self.mailbox.wake, mb);
         }
     }
 
@@ -352,7 +340,7 @@ fn run(shared: Arc<Shared>) {
                 if !queue.jobs.is_empty() {
                     break;
                 }
-                queue = shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
+                queue = wait(&shared.wake, queue);
             }
             take_batch(&mut queue)
         };
@@ -459,10 +447,6 @@ fn caption_batch(captioner: &dyn Captioner, mut batch: Vec<Job>) {
         drop(mb);
         job.mailbox.wake.notify_all();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

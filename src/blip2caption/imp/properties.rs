@@ -1,9 +1,10 @@
 //! Properties of `blip2caption`: the settings they fill, their param specs, get and set.
 
+use std::sync::LazyLock;
+
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
-use once_cell::sync::Lazy;
 
 use super::super::{DType, Mode};
 use super::remote::{self, RemoteSettings};
@@ -84,7 +85,7 @@ pub(super) fn dtype_choice(d: DType) -> DTypeChoice {
 
 /// The param specs of every property, in the order `gst-inspect-1.0` shows them.
 pub(super) fn specs() -> &'static [glib::ParamSpec] {
-    static PROPS: Lazy<Vec<glib::ParamSpec>> = Lazy::new(|| {
+    static PROPS: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
         let d = Settings::default();
         let mut props = vec![
             glib::ParamSpecString::builder("model")
@@ -181,9 +182,9 @@ pub(super) fn specs() -> &'static [glib::ParamSpec] {
             glib::ParamSpecUInt::builder("max-batch")
                 .nick("Max batch")
                 .blurb(
-                    "Most frames captioned in one model call; frames with the same prompt \
-                     and settings waiting together (from any element sharing the model) \
-                     are batched",
+                    "Most frames captioned in one model call; frames with the same generation \
+                     settings waiting together (from any element sharing the model) are \
+                     batched, whatever their prompts",
                 )
                 .minimum(1)
                 .maximum(256)
@@ -194,8 +195,8 @@ pub(super) fn specs() -> &'static [glib::ParamSpec] {
                 .nick("Statistics")
                 .blurb(
                     "frames-seen, samples-taken, samples-dropped, captions-emitted, \
-                     inference-failures, late-captions (counts), mean-inference-time and \
-                     last-inference-time (ns)",
+                     inference-failures, late-captions (counts), mean-inference-time, \
+                     last-inference-time and max-inference-time (ns)",
                 )
                 .read_only()
                 .build(),

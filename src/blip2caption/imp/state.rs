@@ -37,6 +37,7 @@ impl Stats {
             .field("late-captions", self.late_captions)
             .field("mean-inference-time", mean)
             .field("last-inference-time", self.inference_last.as_nanos() as u64)
+            .field("max-inference-time", self.inference_max.as_nanos() as u64)
             .build()
     }
 }

@@ -20,6 +20,7 @@ use super::{
     BatchItem, CancelToken, CaptionError, Captioner, Engine, RemoteError, RemoteErrorKind, Result,
 };
 use crate::model::{Caption, GenerationParams, RgbImage};
+use crate::sync::lock;
 
 pub use http::{BACKOFF_MAX, BACKOFF_START};
 pub use wire::ImageFormat;
@@ -194,8 +195,4 @@ pub fn engine(config: &RemoteConfig) -> Arc<Engine> {
     let engine = Engine::spawn(Arc::new(OpenAiCaptioner::new(config.clone())), &name);
     *slot = Arc::downgrade(&engine);
     engine
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
