@@ -5,7 +5,7 @@
 # machine load, then the median per-caption time of each and the ratio ours / PyTorch.
 #
 #   scripts/bench_cpu.sh [ROUNDS]          # default 3; BATCH=1,8 NEW_TOKENS=20 RUNS=3
-#   CARGO_FEATURES=mkl scripts/bench_cpu.sh  # ours built with a feature (see scripts/mkl_env.sh)
+#   CARGO_FEATURES=mkl scripts/mkl_env.sh scripts/bench_cpu.sh   # ours built with Intel MKL
 #
 # PyTorch comes from a virtual environment ($VENV, default .venv-bench) with the pinned versions
 # of scripts/requirements-fixtures.txt, created on first use from PyPI.

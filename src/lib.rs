@@ -5,6 +5,10 @@
 
 use gst::glib;
 
+// Links Intel MKL (the `mkl` feature; see src/model/cpu_kernels/mkl.rs).
+#[cfg(feature = "mkl")]
+extern crate intel_mkl_src;
+
 pub mod model;
 
 pub mod engine;

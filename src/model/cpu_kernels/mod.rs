@@ -14,6 +14,8 @@
 //! tensors on the CPU ([`applies`]) and keep candle's ops for everything else (GPU, f16/bf16).
 
 pub mod math;
+#[cfg(feature = "mkl")]
+mod mkl;
 
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor};
 use candle_nn::{Activation, Linear};
@@ -81,18 +83,67 @@ fn gemm_into(
     }
     // SAFETY: the asserts above keep every access inside the three slices; dst is exclusive.
     unsafe {
+        gemm_raw(
+            (m, n, k),
+            dst.as_mut_ptr(),
+            dst_rs,
+            accumulate,
+            (lhs.as_ptr(), lhs_rs, lhs_cs),
+            (rhs.as_ptr(), rhs_rs, rhs_cs),
+            scale,
+            parallelism,
+        )
+    }
+}
+
+/// [`gemm_into`] on raw pointers: the gemm crate, or Intel MKL with the `mkl` feature.
+///
+/// # Safety
+/// Every element the dimensions and strides reach must be inside the allocations, and no other
+/// thread may touch the part of `dst` written here.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): (*const f32, usize, usize),
+    (rhs, rhs_rs, rhs_cs): (*const f32, usize, usize),
+    scale: f32,
+    parallelism: Parallelism,
+) {
+    #[cfg(feature = "mkl")]
+    {
+        // MKL threads on its own; the caller's choice of parallelism does not apply.
+        let _ = parallelism;
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            mkl::gemm(
+                (m, n, k),
+                dst,
+                dst_rs,
+                accumulate,
+                (lhs, lhs_rs, lhs_cs),
+                (rhs, rhs_rs, rhs_cs),
+                scale,
+            )
+        }
+    }
+    #[cfg(not(feature = "mkl"))]
+    // SAFETY: forwarded from the caller.
+    unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             dst_rs as isize,
             accumulate,
-            lhs.as_ptr(),
+            lhs,
             lhs_cs as isize,
             lhs_rs as isize,
-            rhs.as_ptr(),
+            rhs,
             rhs_cs as isize,
             rhs_rs as isize,
             1.0,
@@ -273,20 +324,23 @@ pub fn attention(
                     );
                     scores.chunks_mut(kv_len).for_each(math::softmax_row);
                     let start = b * q_len * hidden + h * head_dim;
-                    // SAFETY: (b, h) tasks write disjoint column blocks of disjoint rows.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(out_ptr.get().add(start), out_len - start)
+                    let v_part = &vd[at(v.1)..];
+                    assert!(out_len >= start + (q_len - 1) * hidden + head_dim);
+                    assert!(v_part.len() > (kv_len - 1) * v.1.row_stride + head_dim - 1);
+                    // SAFETY: inside `out` and `v_part` (asserted); the (b, h) tasks write
+                    // disjoint column blocks of disjoint rows.
+                    unsafe {
+                        gemm_raw(
+                            (q_len, head_dim, kv_len),
+                            out_ptr.get().add(start),
+                            hidden,
+                            false,
+                            (scores.as_ptr(), kv_len, 1),
+                            (v_part.as_ptr(), v.1.row_stride, 1),
+                            1.0,
+                            Parallelism::None,
+                        )
                     };
-                    gemm_into(
-                        (q_len, head_dim, kv_len),
-                        dst,
-                        hidden,
-                        false,
-                        (scores, kv_len, 1),
-                        (&vd[at(v.1)..], v.1.row_stride, 1),
-                        1.0,
-                        Parallelism::None,
-                    );
                 };
                 let tasks = batch * num_heads;
                 if threads() < 2 || tasks < 2 {
@@ -295,6 +349,10 @@ pub fn attention(
                 } else {
                     candle_core::utils::barrier_pool().execute_chunked(tasks, |range| {
                         let mut scores = Vec::new();
+                        // One head per thread: each product single-threaded.
+                        #[cfg(feature = "mkl")]
+                        mkl::single_threaded(|| range.for_each(|i| task(i, &mut scores)));
+                        #[cfg(not(feature = "mkl"))]
                         range.for_each(|i| task(i, &mut scores));
                     });
                 }
