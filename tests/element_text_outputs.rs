@@ -1,6 +1,5 @@
-//! Text output into the other consumers people use: the tx3g subtitle track of qtmux (the
-//! QuickTime sibling of mp4mux; mp4mux takes no JPEG video, and x264enc is not in CI's plugin
-//! set), and pango-markup (escaped) for elements that take only markup.
+//! Text output details: pango-markup (escaped) for elements that take only markup, and the
+//! automatic latency. Muxers, subtitle encoders and overlays are in `element_muxers.rs`.
 
 mod gst_common;
 
@@ -8,53 +7,6 @@ use std::time::Duration;
 
 use gst::prelude::*;
 use gst_common::*;
-
-const SEC: u64 = 1_000_000_000;
-
-/// Aggregator muxers want data on every pad before they let video through; between captions the
-/// element tells them with zero-length GAPs, or qtmux would hold the video (and the element) until
-/// a caption that needs that very video.
-
-#[test]
-fn qtmux_file_has_a_tx3g_subtitle_track_with_every_caption() {
-    init();
-    let model = install("mp4", Fake::new(0));
-    let out = scratch("mp4").join("out.mov");
-    let p = pipeline(&format!(
-        "videotestsrc num-buffers=75 ! video/x-raw,format=I420,width=32,height=32,framerate=25/1 \
-         ! blip2caption name=c model={model} ! queue ! jpegenc ! m.video_0 \
-         c.text_src ! queue ! m.subtitle_0 qtmux name=m ! filesink location={}",
-        out.display()
-    ));
-    let run = run_to_eos(&p, Duration::from_secs(20));
-    assert!(run.errors.is_empty(), "{:?}", run.errors);
-    assert_eq!(run.captions.len(), 3);
-
-    let texts = demux_subtitles("qtdemux", &out);
-    // qtdemux turns tx3g back into plain text; empty samples fill the gaps between cues.
-    let cues: Vec<(u64, u64, String)> = texts
-        .iter()
-        .filter_map(|b| {
-            let map = b.map_readable().unwrap();
-            let text = String::from_utf8_lossy(&map)
-                .trim_end_matches('\0')
-                .to_string();
-            (!text.is_empty()).then(|| {
-                (
-                    b.pts().unwrap().nseconds(),
-                    b.duration().unwrap().nseconds(),
-                    text,
-                )
-            })
-        })
-        .collect();
-    assert_eq!(cues.len(), 3, "{cues:?}");
-    for (i, (pts, duration, text)) in cues.iter().enumerate() {
-        assert_eq!(*pts, i as u64 * SEC);
-        assert_eq!(*duration, SEC, "a cue lasts until the next sample");
-        assert!(text.starts_with("mean "), "{text:?}");
-    }
-}
 
 #[test]
 fn markup_only_downstream_gets_escaped_pango_markup() {

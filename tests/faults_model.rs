@@ -1,6 +1,7 @@
-//! Broken model folders and devices at the element level: `set_state(Ready)` fails with a bus
-//! ERROR that names the file and the problem (never a panic); missing preprocessor settings load
-//! with a bus WARNING. The model-level versions are in `load_errors.rs`.
+//! Broken model folders and devices at the element level: the background load after
+//! `set_state(Ready)` posts a bus ERROR that names the file, the problem and the property (never
+//! a panic); missing preprocessor settings load with a bus WARNING. The model-level versions are
+//! in `load_errors.rs`.
 
 mod gst_common;
 
@@ -52,9 +53,10 @@ impl Drop for Scratch {
     }
 }
 
-/// What one NULL→READY attempt posted.
+/// What one NULL→READY attempt (and the background load it starts) posted.
 #[derive(Debug)]
 struct Attempt {
+    /// The model loaded.
     ok: bool,
     /// `error text (debug)` of each ERROR message.
     errors: Vec<String>,
@@ -70,14 +72,27 @@ fn try_ready(model: &Path, device: &str) -> Attempt {
         .unwrap();
     let bus = gst::Bus::new();
     el.set_bus(Some(&bus));
-    let ok = el.set_state(gst::State::Ready).is_ok();
+    // The state change itself only starts the load.
+    assert_eq!(
+        el.set_state(gst::State::Ready),
+        Ok(gst::StateChangeSuccess::Success)
+    );
+    let mut ok = false;
     let mut errors = vec![];
     let mut warnings = vec![];
-    while let Some(msg) = bus.pop() {
+    // Until the load is complete, or its error is posted.
+    while let Some(msg) = bus.timed_pop(gst::ClockTime::from_seconds(30)) {
         match msg.view() {
-            gst::MessageView::Error(e) => errors.push(format!("{} ({:?})", e.error(), e.debug())),
+            gst::MessageView::Error(e) => {
+                errors.push(format!("{} ({:?})", e.error(), e.debug()));
+                break;
+            }
             gst::MessageView::Warning(w) => {
                 warnings.push(format!("{} ({:?})", w.error(), w.debug()))
+            }
+            gst::MessageView::Progress(p) if p.get().0 == gst::ProgressType::Complete => {
+                ok = true;
+                break;
             }
             _ => (),
         }
@@ -90,7 +105,7 @@ fn try_ready(model: &Path, device: &str) -> Attempt {
     }
 }
 
-/// The state change fails with exactly one error naming `file` and saying `words`.
+/// The load fails with exactly one error naming `file` and saying `words`.
 fn assert_fails(model: &Path, file: &Path, words: &str) {
     let a = try_ready(model, "cpu");
     assert!(!a.ok, "{} loaded although it is broken", model.display());

@@ -45,7 +45,15 @@ fn frozen_photograph_gives_the_same_caption_as_the_caption_example() {
         let model = fixtures().join("models").join(model);
         let image = fixtures().join("images/chelsea.png");
         let expected = caption_example(&model, &image);
-        let expected = expected["text"].as_str().unwrap();
+        // The element removes control characters from answers (this random model makes a form
+        // feed); the example prints the model's text as it is.
+        let expected: String = expected["text"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .filter(|&c| c >= ' ' || c == '\n' || c == '\t')
+            .collect();
+        let expected = expected.trim();
 
         let p = pipeline(&format!(
             "filesrc location={} ! pngdec ! imagefreeze num-buffers=3 ! video/x-raw,framerate=1/1 \

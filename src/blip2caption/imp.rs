@@ -1,15 +1,17 @@
 //! Pads, properties, events and the chain function of `blip2caption`.
 //!
-//! Threads: the streaming thread samples, converts and submits frames, and does every push
-//! (video, text, events), so pad ordering needs no extra locking. The engine's worker runs the
-//! model. In realtime mode the streaming thread only collects finished captions as frames pass;
-//! in complete mode it waits for each sample's caption (interruptible by flushes and state
-//! changes) and puts the meta on the analysed frame itself.
+//! Threads: the streaming thread samples, converts and submits frames, and pushes video and
+//! events; `text_src` has its own task that pushes what the streaming thread queues for it. The
+//! engine's worker runs the model; a load thread loads it after NULL→READY. In realtime mode the
+//! streaming thread only collects finished captions as frames pass; in complete mode frames wait
+//! inside the element until their sample's caption is back (interruptible by flushes and state
+//! changes) and leave in order, the analysed frame with the caption's meta.
 
 mod chain;
 mod events;
 mod failure;
 mod lifecycle;
+mod model_slot;
 mod output;
 mod properties;
 mod remote;
@@ -24,6 +26,7 @@ use gst::subclass::prelude::*;
 use super::textqueue::TextQueue;
 use crate::engine::Client;
 use crate::sync::lock;
+use model_slot::ModelSlot;
 use properties::Settings;
 use state::{State, Stats};
 
@@ -43,7 +46,9 @@ pub struct Blip2Caption {
     state: Mutex<State>,
     stats: Mutex<Stats>,
     /// Separate from `state` so waiting for the model never holds the state lock.
-    client: Mutex<Option<Arc<Client>>>,
+    model: Arc<ModelSlot>,
+    /// The (min, max) new-token pair last warned about.
+    token_warning: Mutex<Option<(u32, u32)>>,
     flow_combiner: Mutex<gst_base::UniqueFlowCombiner>,
     /// Latency chosen from measured inference time when `latency` is -1.
     auto_latency: Mutex<gst::ClockTime>,
@@ -53,7 +58,7 @@ pub struct Blip2Caption {
 
 impl Blip2Caption {
     fn client(&self) -> Option<Arc<Client>> {
-        lock(&self.client).clone()
+        self.model.client()
     }
 
     fn latency(&self) -> gst::ClockTime {
@@ -149,7 +154,8 @@ impl ObjectSubclass for Blip2Caption {
             settings: Mutex::new(Settings::default()),
             state: Mutex::new(State::default()),
             stats: Mutex::new(Stats::default()),
-            client: Mutex::new(None),
+            model: Arc::new(ModelSlot::default()),
+            token_warning: Mutex::new(None),
             flow_combiner: Mutex::new(combiner),
             auto_latency: Mutex::new(gst::ClockTime::ZERO),
             text_queue: Arc::new(TextQueue::default()),

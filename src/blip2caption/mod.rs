@@ -8,9 +8,11 @@ use gst::prelude::*;
 
 mod answers;
 mod convert;
+mod downstream;
 mod imp;
 pub mod scene;
 mod scene_gate;
+mod text;
 mod textqueue;
 mod timeline;
 
@@ -46,6 +48,35 @@ pub enum Mode {
         nick = "complete"
     )]
     Complete,
+}
+
+/// How captions are laid out on `text_src`.
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstBlip2CaptionTextMode")]
+pub enum TextMode {
+    /// `per-frame` when the text reaches an element that joins it with other streams (a muxer,
+    /// an overlay), `cues` otherwise.
+    #[default]
+    #[enum_value(
+        name = "Auto: per-frame into muxers and overlays, cues otherwise",
+        nick = "auto"
+    )]
+    Auto,
+    /// One buffer per caption, sent once its end is known.
+    #[enum_value(
+        name = "Cues: one buffer per caption, from its frame to the next sample or the end of \
+                the stream, sent once that end is known (subtitle files)",
+        nick = "cues"
+    )]
+    Cues,
+    /// One buffer per video frame with the caption shown on it.
+    #[enum_value(
+        name = "Per-frame: one buffer per video frame carrying the caption shown on it \
+                (\"\" when none), so the text advances with the video",
+        nick = "per-frame"
+    )]
+    PerFrame,
 }
 
 /// Compute dtype, as the `dtype` property shows it.

@@ -120,7 +120,8 @@ impl Captioner for model::Blip2 {
         prompt: &str,
         params: &GenerationParams,
     ) -> Result<Vec<Caption>> {
-        Ok(model::Blip2::caption(self, images, prompt, params)?)
+        let params = fit_to_positions(self, &[prompt], params)?;
+        Ok(model::Blip2::caption(self, images, prompt, &params)?)
     }
 
     fn caption_each(
@@ -129,12 +130,38 @@ impl Captioner for model::Blip2 {
         prompts: &[&str],
         params: &GenerationParams,
     ) -> Result<Vec<Caption>> {
-        Ok(model::Blip2::caption_each(self, images, prompts, params)?)
+        let params = fit_to_positions(self, prompts, params)?;
+        Ok(model::Blip2::caption_each(self, images, prompts, &params)?)
     }
 
     fn load_warnings(&self) -> Vec<String> {
         self.warnings().to_vec()
     }
+}
+
+/// Caps `max_new_tokens` (and `min_new_tokens` with it) at what OPT's learned positions leave
+/// after the image tokens and the longest prompt, so a large setting makes the longest possible
+/// answer instead of an error. A prompt that alone fills the positions is left to fail, naming
+/// the prompt. Flan-T5 has relative positions and no such limit.
+fn fit_to_positions(
+    model: &model::Blip2,
+    prompts: &[&str],
+    params: &GenerationParams,
+) -> model::Result<GenerationParams> {
+    let mut params = params.clone();
+    if let model::config::TextConfig::Opt(opt) = &model.config().text {
+        let mut used = 0;
+        for prompt in prompts {
+            used = used.max(model.input_ids(prompt)?.len());
+        }
+        // The last new token is never fed back, so `room` tokens fit after `used` positions.
+        let room = (opt.max_position_embeddings + 1).saturating_sub(used);
+        if room > 0 {
+            params.max_new_tokens = params.max_new_tokens.min(room);
+        }
+    }
+    params.min_new_tokens = params.min_new_tokens.min(params.max_new_tokens);
+    Ok(params)
 }
 
 /// Loads BLIP-2 from a resolved snapshot folder; `progress` hears each loading stage.

@@ -269,6 +269,13 @@ impl Client {
         lock(&self.mailbox.state).done.drain(..).collect()
     }
 
+    /// The outcome for `ticket` if it is ready (other outcomes stay in the mailbox).
+    pub fn try_take(&self, ticket: Ticket) -> Option<Outcome> {
+        let mut mb = lock(&self.mailbox.state);
+        let pos = mb.done.iter().position(|o| o.ticket == ticket)?;
+        mb.done.remove(pos)
+    }
+
     /// Drops ready outcomes (after a flush they describe frames nobody wants any more).
     pub fn discard_ready(&self) {
         lock(&self.mailbox.state).done.clear();

@@ -96,6 +96,13 @@ pub fn install(name: &str, fake: Arc<Fake>) -> String {
     path
 }
 
+/// Registers any captioner under a unique made-up model path and returns the path.
+pub fn install_captioner(name: &str, captioner: Arc<dyn Captioner>) -> String {
+    let path = format!("/fake-models/{name}");
+    engine::register_captioner(&path, captioner);
+    path
+}
+
 /// Caption messages and errors/warnings collected from a pipeline run.
 #[derive(Default, Debug)]
 pub struct Run {
@@ -104,13 +111,31 @@ pub struct Run {
     pub warnings: Vec<String>,
 }
 
-/// Plays `pipeline` to EOS (or error, or `timeout`) and collects the bus messages.
+/// Plays `pipeline` to EOS (or error, or `timeout`) and collects the bus messages. The models
+/// of its blip2caption elements are loaded (READY) before it plays: the load runs in the
+/// background, and realtime mode would drop the first samples of a fast source meanwhile.
 pub fn run_to_eos(pipeline: &gst::Pipeline, timeout: Duration) -> Run {
     let bus = pipeline.bus().unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
+    // (A pipeline a test has started itself is left as it is.)
+    let mut loading: HashSet<String> = HashSet::new();
+    if pipeline.current_state() == gst::State::Null {
+        loading = pipeline
+            .iterate_recurse()
+            .into_iter()
+            .flatten()
+            .filter(|e| e.factory().is_some_and(|f| f.name() == "blip2caption"))
+            .map(|e| e.name().to_string())
+            .collect();
+        pipeline.set_state(gst::State::Ready).unwrap();
+    }
     let mut run = Run::default();
     let deadline = std::time::Instant::now() + timeout;
+    let mut playing = false;
     loop {
+        if !playing && loading.is_empty() {
+            pipeline.set_state(gst::State::Playing).unwrap();
+            playing = true;
+        }
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         assert!(
             !left.is_zero(),
@@ -126,6 +151,16 @@ pub fn run_to_eos(pipeline: &gst::Pipeline, timeout: Duration) -> Run {
                 break;
             }
             gst::MessageView::Warning(w) => run.warnings.push(w.error().to_string()),
+            gst::MessageView::Progress(p)
+                if matches!(
+                    p.get().0,
+                    gst::ProgressType::Complete | gst::ProgressType::Error
+                ) =>
+            {
+                if let Some(src) = msg.src() {
+                    loading.remove(src.name().as_str());
+                }
+            }
             gst::MessageView::Element(e) => {
                 if let Some(s) = e.structure().filter(|s| s.name() == "blip2-caption") {
                     run.captions.push(s.to_owned());
@@ -191,4 +226,113 @@ pub fn demux_subtitles(demuxer: &str, path: &std::path::Path) -> Vec<gst::Buffer
     let run = run_to_eos(&p, Duration::from_secs(20));
     assert!(run.errors.is_empty(), "{:?}", run.errors);
     std::mem::take(&mut *texts.lock().unwrap())
+}
+
+/// Waits (up to 30 s) until an element posting on `bus` has finished loading its model: the load
+/// runs in the background after NULL→READY, and realtime mode drops samples until it is done.
+/// Returns the Progress types seen, ending with Complete or Error.
+pub fn wait_for_load(bus: &gst::Bus) -> Vec<gst::ProgressType> {
+    let mut seen = vec![];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "model load did not finish: {seen:?}");
+        let Some(msg) = bus.timed_pop_filtered(
+            gst::ClockTime::from_nseconds(left.as_nanos() as u64),
+            &[gst::MessageType::Progress],
+        ) else {
+            continue;
+        };
+        if let gst::MessageView::Progress(p) = msg.view() {
+            let kind = p.get().0;
+            seen.push(kind);
+            if matches!(kind, gst::ProgressType::Complete | gst::ProgressType::Error) {
+                return seen;
+            }
+        }
+    }
+}
+
+/// Harnesses on `el`: video in/out, and its text pad. They start the element (NULL→PLAYING);
+/// this returns once its model is loaded. `el` keeps the bus used for that.
+pub fn start_harnesses(el: &gst::Element, caps: &str) -> (gst_check::Harness, gst_check::Harness) {
+    let bus = gst::Bus::new();
+    el.set_bus(Some(&bus));
+    let mut h = gst_check::Harness::with_element(el, Some("sink"), Some("src"));
+    let th = gst_check::Harness::with_element(el, None, Some("text_src"));
+    h.set_src_caps_str(caps);
+    wait_for_load(&bus);
+    (h, th)
+}
+
+/// Text buffers as (pts, end, text), with runs of touching buffers of one text (per-frame
+/// layout, or a muxer's samples) merged into one cue, and empty ones left out.
+pub fn merge_cues(buffers: &[gst::Buffer]) -> Vec<(u64, u64, String)> {
+    let mut cues: Vec<(u64, u64, String)> = vec![];
+    for b in buffers {
+        let map = b.map_readable().unwrap();
+        let text = String::from_utf8_lossy(&map)
+            .trim_end_matches('\0')
+            .trim()
+            .to_string();
+        let pts = b.pts().unwrap().nseconds();
+        let end = pts + b.duration().map_or(0, |d| d.nseconds());
+        if text.is_empty() {
+            continue;
+        }
+        match cues.last_mut() {
+            // Muxers round sample times: "touching" allows a microsecond.
+            Some(last) if last.2 == text && pts.abs_diff(last.1) <= 1_000 => last.1 = end,
+            _ => cues.push((pts, end, text)),
+        }
+    }
+    cues
+}
+
+/// A captioner that answers `text` for every image (to test what the element does with odd
+/// answers).
+pub struct Says(pub String);
+
+impl Captioner for Says {
+    fn caption(
+        &self,
+        images: &[RgbImage],
+        _prompt: &str,
+        _params: &GenerationParams,
+    ) -> engine::Result<Vec<Caption>> {
+        Ok(images
+            .iter()
+            .map(|_| Caption {
+                token_ids: vec![1],
+                text: self.0.clone(),
+            })
+            .collect())
+    }
+}
+
+/// A captioner that numbers its answers in call order ("#1", "#2", ...), so consecutive
+/// captions always differ (static test patterns give equal means).
+#[derive(Default)]
+pub struct Counting {
+    pub calls: std::sync::atomic::AtomicU64,
+}
+
+impl Captioner for Counting {
+    fn caption(
+        &self,
+        images: &[RgbImage],
+        _prompt: &str,
+        _params: &GenerationParams,
+    ) -> engine::Result<Vec<Caption>> {
+        Ok(images
+            .iter()
+            .map(|_| {
+                let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                Caption {
+                    token_ids: vec![1],
+                    text: format!("#{n}"),
+                }
+            })
+            .collect())
+    }
 }

@@ -1,4 +1,5 @@
-//! The sink pad's chain function: mode choice, sampling, conversion and submission to the model.
+//! The sink pad's chain function: mode choice, sampling, conversion and submission to the model,
+//! and the order in which frames leave.
 
 use gst::prelude::*;
 use gst::subclass::prelude::*;
@@ -6,13 +7,17 @@ use gst::subclass::prelude::*;
 use super::super::Mode;
 use super::super::convert::ToRgb;
 use super::super::timeline::caption_duration;
+use super::model_slot::NotReady;
 use super::properties::Settings;
-use super::state::Sample;
+use super::state::{FrameTimes, Held, Sample};
 use super::{Blip2Caption, CAT, lock};
 use crate::engine::{Request, WaitError};
 
-/// Used for a caption's duration when `interval` is 0 and the frame says nothing.
+/// Used for a frame's place on the timeline when it has no duration and the caps no framerate.
 const FALLBACK_FRAME_DURATION: gst::ClockTime = gst::ClockTime::from_mseconds(40);
+
+/// Samples a complete-mode element keeps in flight before upstream waits.
+const WINDOW: usize = 1;
 
 impl Blip2Caption {
     pub(super) fn sink_chain(
@@ -23,60 +28,108 @@ impl Blip2Caption {
         let settings = lock(&self.settings).clone();
         lock(&self.stats).frames_seen += 1;
         let realtime = self.realtime(&settings);
+        let times = self.frame_times(&buffer);
 
         // Realtime: captions finished since the last frame are emitted now, their meta rides
         // on this frame.
         if realtime {
-            self.emit_ready(Some(&mut buffer))?;
+            self.emit_ready(Some((&mut buffer, times.pts)))?;
         }
 
-        if let Some((sample, image)) = self.maybe_sample(&settings, &buffer)? {
-            let request = Request {
-                image,
-                prompt: settings.prompt.clone(),
-                params: settings.params(),
-                max_batch: settings.max_batch.max(1) as usize,
-                retry_transient: !realtime,
-            };
-            let client = self.client().ok_or(gst::FlowError::Flushing)?;
-            lock(&self.stats).samples_taken += 1;
-            if realtime {
-                let (ticket, replaced) = client.submit_replacing(request);
+        let sample = match times.running_time {
+            Some(rt) => self.maybe_sample(&settings, &buffer, &times, rt, realtime)?,
+            None => None,
+        };
+
+        if realtime {
+            self.send_frame(buffer, times)
+        } else {
+            lock(&self.state).held.push_back(Held {
+                buffer,
+                times,
+                sample,
+            });
+            self.release_held(WINDOW)
+        }
+    }
+
+    /// Sends a frame's text, then the frame, and combines the flows of both pads.
+    pub(super) fn send_frame(
+        &self,
+        buffer: gst::Buffer,
+        times: FrameTimes,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        if times.running_time.is_some() {
+            let items = {
                 let mut state = lock(&self.state);
-                for t in &replaced {
-                    state.pending.remove(t);
-                }
-                state.pending.insert(ticket, sample);
-                drop(state);
-                if !replaced.is_empty() {
-                    gst::debug!(
-                        CAT,
-                        imp = self,
-                        "model busy, dropped {} sample(s)",
-                        replaced.len()
-                    );
-                    lock(&self.stats).samples_dropped += replaced.len() as u64;
-                }
-            } else {
-                let ticket = client.submit(request);
-                let outcome = match client.wait_for(ticket) {
-                    Ok(outcome) => outcome,
-                    Err(WaitError::Interrupted) | Err(WaitError::Unknown) => {
-                        gst::debug!(CAT, imp = self, "flushing while waiting for the model");
-                        return Err(gst::FlowError::Flushing);
-                    }
+                let end = times.duration.map(|d| times.pts + d);
+                let end = match (end, state.segment.stop()) {
+                    (Some(end), Some(stop)) => Some(end.min(stop.max(times.pts))),
+                    (end, _) => end,
                 };
-                self.emit(&sample, outcome, Some(&mut buffer), false)?;
-            }
+                state.last_frame_end = Some(end.unwrap_or(times.pts));
+                state.text.frame(times.pts, end.map(|e| e - times.pts))
+            };
+            self.push_text(items);
         }
-
-        self.cover_text_until(&buffer);
         let res = self.srcpad.push(buffer);
         let mut combiner = lock(&self.flow_combiner);
         if let Some(text_flow) = self.text_queue.flow() {
             let _ = combiner.update_pad_flow(&self.textpad, text_flow);
         }
         combiner.update_pad_flow(&self.srcpad, res)
+    }
+
+    /// Lets held frames leave in order: each sampled frame once its caption is back (with the
+    /// caption's meta), the frames after it behind it. Blocks for the oldest caption while
+    /// `window` or more samples are in flight (the window is full; 0: until every frame left).
+    pub(super) fn release_held(&self, window: usize) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let mut flow = Ok(gst::FlowSuccess::Ok);
+        loop {
+            let (ticket, in_flight) = {
+                let state = lock(&self.state);
+                let Some(front) = state.held.front() else {
+                    return flow;
+                };
+                let in_flight = state.held.iter().filter(|h| h.sample.is_some()).count();
+                (front.sample.as_ref().map(|(t, _)| *t), in_flight)
+            };
+            let outcome = match ticket {
+                None => None,
+                Some(ticket) => {
+                    let client = self.client().ok_or(gst::FlowError::Flushing)?;
+                    match client.try_take(ticket) {
+                        Some(outcome) => Some(outcome),
+                        None if in_flight < window => return flow,
+                        None => match client.wait_for(ticket) {
+                            Ok(outcome) => Some(outcome),
+                            Err(WaitError::Interrupted) => {
+                                gst::debug!(
+                                    CAT,
+                                    imp = self,
+                                    "flushing while waiting for the model"
+                                );
+                                return Err(gst::FlowError::Flushing);
+                            }
+                            Err(WaitError::Unknown) => None,
+                        },
+                    }
+                }
+            };
+            let Some(mut held) = lock(&self.state).held.pop_front() else {
+                return flow;
+            };
+            match (held.sample.take(), outcome) {
+                (Some((_, sample)), Some(outcome)) => {
+                    self.emit(&sample, outcome, Some(&mut held.buffer), false, None)?
+                }
+                // Cancelled under us (stopping): no caption, no cue.
+                (Some((_, sample)), None) => self.resolve_lost(&sample),
+                (None, _) => (),
+            }
+            flow = self.send_frame(held.buffer, held.times);
+            flow?;
+        }
     }
 
     /// Decides the mode for this stream on its first buffer (asks upstream whether it is live).
@@ -104,14 +157,11 @@ impl Blip2Caption {
         realtime
     }
 
-    /// Returns the sample and its RGB image when this frame is due for captioning.
-    pub(super) fn maybe_sample(
-        &self,
-        settings: &Settings,
-        buffer: &gst::Buffer,
-    ) -> Result<Option<(Sample, crate::model::RgbImage)>, gst::FlowError> {
+    /// Where `buffer` sits: its PTS (a frame without one is placed right after the previous
+    /// frame, the first one at the segment start: arrival order), duration and running time.
+    fn frame_times(&self, buffer: &gst::Buffer) -> FrameTimes {
         let mut state = lock(&self.state);
-        let frame_duration = buffer.duration().or_else(|| {
+        let duration = buffer.duration().or_else(|| {
             let fps = state.video_info.as_ref()?.fps();
             (fps.numer() > 0)
                 .then(|| {
@@ -119,8 +169,6 @@ impl Blip2Caption {
                 })
                 .flatten()
         });
-        // A frame without PTS is placed right after the previous frame (arrival order; the
-        // first one at the segment start), so sampling and caption times still advance.
         let pts = match buffer.pts() {
             Some(pts) => pts,
             None => state
@@ -128,20 +176,102 @@ impl Blip2Caption {
                 .or(state.segment.start())
                 .unwrap_or(gst::ClockTime::ZERO),
         };
-        state.next_pts = Some(pts + frame_duration.unwrap_or(FALLBACK_FRAME_DURATION));
-        let running_time = state.segment.to_running_time(pts);
-        // Frames outside the segment are not shown, so they are not captioned either.
-        let Some(rt) = running_time else {
-            return Ok(None);
-        };
-        if !state.sampler.should_sample(rt, settings.interval) {
-            return Ok(None);
+        state.next_pts = Some(pts.saturating_add(duration.unwrap_or(FALLBACK_FRAME_DURATION)));
+        FrameTimes {
+            pts,
+            duration,
+            running_time: state.segment.to_running_time(pts),
         }
-        let duration = match state.sampler.next_boundary() {
-            Some(next) => caption_duration(rt, next, frame_duration),
-            // interval 0: every frame is a sample, each caption lasts one frame.
-            None => frame_duration.unwrap_or(FALLBACK_FRAME_DURATION),
+    }
+
+    /// Takes a sample from this frame when one is due: converts it, hands it to the model and
+    /// returns what identifies it (`None` when not due, or dropped in realtime mode).
+    fn maybe_sample(
+        &self,
+        settings: &Settings,
+        buffer: &gst::Buffer,
+        times: &FrameTimes,
+        rt: gst::ClockTime,
+        realtime: bool,
+    ) -> Result<Option<(crate::engine::Ticket, Sample)>, gst::FlowError> {
+        let duration = {
+            let mut state = lock(&self.state);
+            if !state.sampler.should_sample(rt, settings.interval) {
+                return Ok(None);
+            }
+            let next = state.sampler.next_boundary(settings.interval);
+            caption_duration(rt, next, times.duration)
         };
+        let Some(image) = self.convert(buffer)? else {
+            return Ok(None);
+        };
+        self.warn_token_conflict(settings);
+        let request = Request {
+            image,
+            prompt: settings.prompt.clone(),
+            params: settings.params(),
+            max_batch: settings.max_batch.max(1) as usize,
+            retry_transient: !realtime,
+        };
+        let client = if realtime {
+            self.model.client()
+        } else {
+            match self.model.wait_ready() {
+                Ok(client) => Some(client),
+                Err(NotReady::Interrupted) => return Err(gst::FlowError::Flushing),
+                // The load thread posted the error.
+                Err(NotReady::Unavailable) => return Err(gst::FlowError::Error),
+            }
+        };
+        lock(&self.stats).samples_taken += 1;
+        let (slot, items) = lock(&self.state).text.sample(times.pts);
+        self.push_text(items);
+        let sample = Sample {
+            pts: times.pts,
+            running_time: rt,
+            duration,
+            slot,
+        };
+        let Some(client) = client else {
+            // Realtime while the model is still loading: the video goes on, the sample is
+            // counted as dropped.
+            gst::debug!(CAT, imp = self, "model not ready, sample dropped");
+            lock(&self.stats).samples_dropped += 1;
+            self.resolve_lost(&sample);
+            return Ok(None);
+        };
+        if !realtime {
+            return Ok(Some((client.submit(request), sample)));
+        }
+        let (ticket, replaced) = client.submit_replacing(request);
+        let mut state = lock(&self.state);
+        let dropped: Vec<Sample> = replaced
+            .iter()
+            .filter_map(|t| state.pending.remove(t))
+            .collect();
+        state.pending.insert(ticket, sample);
+        drop(state);
+        if !replaced.is_empty() {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "model busy, dropped {} sample(s)",
+                replaced.len()
+            );
+            lock(&self.stats).samples_dropped += replaced.len() as u64;
+        }
+        for sample in &dropped {
+            self.resolve_lost(sample);
+        }
+        Ok(None)
+    }
+
+    /// The sampled frame as packed RGB; `None` (with a warning) when it cannot be read.
+    fn convert(
+        &self,
+        buffer: &gst::Buffer,
+    ) -> Result<Option<crate::model::RgbImage>, gst::FlowError> {
+        let mut state = lock(&self.state);
         if state.to_rgb.is_none() {
             let Some(info) = state.video_info.as_ref() else {
                 gst::element_imp_error!(self, gst::CoreError::Negotiation, ("No caps before data"));
@@ -161,14 +291,7 @@ impl Blip2Caption {
         }
         let to_rgb = state.to_rgb.as_ref().expect("created above");
         match to_rgb.convert(buffer) {
-            Ok(image) => Ok(Some((
-                Sample {
-                    pts,
-                    running_time,
-                    duration,
-                },
-                image,
-            ))),
+            Ok(image) => Ok(Some(image)),
             Err(e) => {
                 gst::element_imp_warning!(
                     self,
@@ -177,6 +300,20 @@ impl Blip2Caption {
                 );
                 Ok(None)
             }
+        }
+    }
+
+    /// `min-new-tokens` above `max-new-tokens` is capped; say so once per combination.
+    fn warn_token_conflict(&self, settings: &Settings) {
+        let pair = (settings.min_new_tokens, settings.max_new_tokens);
+        let Some(message) = settings.token_conflict() else {
+            return;
+        };
+        let mut warned = lock(&self.token_warning);
+        if *warned != Some(pair) {
+            *warned = Some(pair);
+            drop(warned);
+            gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", message));
         }
     }
 }

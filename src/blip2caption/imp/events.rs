@@ -4,13 +4,18 @@
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use super::state::State;
 use super::{Blip2Caption, CAT, lock};
 
 impl Blip2Caption {
     pub(super) fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
         use gst::EventView;
         gst::log!(CAT, obj = pad, "event {:?}", event);
+        // Frames held for their captions go out before any event that follows them.
+        if event.is_serialized()
+            && let Err(e) = self.release_held(0)
+        {
+            gst::debug!(CAT, imp = self, "not releasing held frames: {:?}", e);
+        }
         match event.view() {
             EventView::StreamStart(ev) => {
                 // Both streams belong to one group; make one up if upstream did not.
@@ -30,13 +35,14 @@ impl Blip2Caption {
                     .textpad
                     .create_stream_id(&*self.obj(), Some("text"))
                     .to_string();
+                // The previous stream's last caption ends with it. Sampling goes on in running
+                // time (a `concat` of files continues the timeline, so a frame right at the
+                // boundary is not sampled twice).
+                self.end_text();
                 {
                     let mut state = lock(&self.state);
-                    let info = state.video_info.take();
-                    *state = State {
-                        video_info: info,
-                        ..State::default()
-                    };
+                    state.text_caps_sent = false;
+                    state.text_layout_chosen = false;
                 }
                 let text_start = gst::event::StreamStart::builder(&stream_id)
                     .flags(gst::StreamFlags::SPARSE)
@@ -63,8 +69,8 @@ impl Blip2Caption {
                 self.srcpad.push_event(event)
             }
             EventView::Segment(ev) => {
-                match ev.segment().clone().downcast::<gst::ClockTime>() {
-                    Ok(segment) => lock(&self.state).segment = segment,
+                let segment = match ev.segment().clone().downcast::<gst::ClockTime>() {
+                    Ok(segment) => segment,
                     Err(_) => {
                         gst::element_imp_error!(
                             self,
@@ -73,6 +79,14 @@ impl Blip2Caption {
                         );
                         return false;
                     }
+                };
+                // A new segment is a new timeline: the open caption ends where the last frame
+                // of the old one did.
+                self.end_text();
+                {
+                    let mut state = lock(&self.state);
+                    state.segment = segment;
+                    state.next_pts = None;
                 }
                 self.ensure_text_caps();
                 self.text_queue.push_event(event.clone());
@@ -81,19 +95,14 @@ impl Blip2Caption {
             EventView::Gap(ev) => {
                 // Upstream has no video for a while: the text pad has nothing there either.
                 let (start, duration) = ev.get();
-                let end = start + duration.unwrap_or(gst::ClockTime::from_nseconds(1));
-                let gap = lock(&self.state).text.gap_to(start, end);
-                if let Some((s, d)) = gap {
-                    self.push_gap(s, d);
-                }
+                let items = lock(&self.state).text.gap(start, duration);
+                self.push_text(items);
                 self.srcpad.push_event(event)
             }
             EventView::FlushStart(_) => {
-                // Wake a chain function waiting for the model, so the flush can take the
-                // stream lock.
-                if let Some(client) = self.client() {
-                    client.interrupt();
-                }
+                // Wake a chain function waiting for the model (its load or a caption), so the
+                // flush can take the stream lock.
+                self.model.interrupt();
                 self.text_queue.set_flushing();
                 let _ = self.textpad.push_event(event.clone());
                 let _ = self.textpad.pause_task();
@@ -108,15 +117,30 @@ impl Blip2Caption {
                 self.srcpad.push_event(event)
             }
             EventView::Eos(_) => {
-                // Nothing is lost: captions still being computed are waited for.
-                if let Err(e) = self.drain() {
-                    gst::debug!(CAT, imp = self, "not draining: {:?}", e);
-                }
+                // Nothing is lost: captions still being computed are waited for, and the last
+                // one ends with the last frame.
+                self.end_text();
                 self.text_queue.push_event(event.clone());
                 self.srcpad.push_event(event)
             }
             _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
         }
+    }
+
+    /// Waits for every outstanding caption, then ends the text of this stream or segment at
+    /// the end of the last frame that went out.
+    fn end_text(&self) {
+        if let Err(e) = self.drain() {
+            gst::debug!(CAT, imp = self, "not draining: {:?}", e);
+        }
+        let items = {
+            let mut state = lock(&self.state);
+            match state.last_frame_end.take() {
+                Some(end) => state.text.end(end),
+                None => Vec::new(),
+            }
+        };
+        self.push_text(items);
     }
 
     pub(super) fn start_text_task(&self) {
@@ -152,12 +176,15 @@ impl Blip2Caption {
         if let Some(client) = self.client() {
             client.cancel();
             client.discard_ready();
-            client.resume();
         }
+        self.model.resume();
         let mut state = lock(&self.state);
         state.pending.clear();
+        // Frames held for their captions are dropped with them.
+        state.held.clear();
         state.sampler.reset();
         state.next_pts = None;
+        state.last_frame_end = None;
         state.text.reset();
     }
 
@@ -170,7 +197,11 @@ impl Blip2Caption {
             let (live, min, max) = upstream.result();
             if live {
                 let ours = self.latency();
-                q.set(true, min + ours, max.map(|m| m + ours));
+                q.set(
+                    true,
+                    min.saturating_add(ours),
+                    max.map(|m| m.saturating_add(ours)),
+                );
                 gst::debug!(CAT, obj = pad, "latency: upstream {min}, ours {ours}");
             } else {
                 q.set(false, min, max);

@@ -1,36 +1,102 @@
-//! State changes: loading (or sharing) the model on NULL→READY, waking waiters on PAUSED→READY,
-//! resetting streaming state, freeing the model on READY→NULL.
+//! State changes: loading (or sharing) the model in the background on NULL→READY, waking
+//! waiters on PAUSED→READY, resetting streaming state, freeing the model on READY→NULL.
 
 use std::sync::Arc;
 
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use super::properties::{dtype_choice, parse_device};
+use super::properties::{Settings, dtype_choice, parse_device};
 use super::remote::Backend;
 use super::state::{State, Stats};
 use super::{Blip2Caption, CAT, lock};
 use crate::engine;
 
 impl Blip2Caption {
-    /// NULL→READY: resolve and load the model (or share an already loaded one).
-    pub(super) fn load_model(&self) -> Result<(), gst::StateChangeError> {
+    /// NULL→READY: checks the settings, then loads the model on its own thread so the state
+    /// change returns at once (a multi-GB model takes long; a GUI or a live camera must not
+    /// freeze meanwhile). Elements sharing a model wait for one load in the engine's cache.
+    fn start_load(&self) -> Result<(), gst::StateChangeError> {
         let settings = lock(&self.settings).clone();
         if settings.remote.backend == Backend::OpenAi {
-            return self.connect_remote(&settings);
-        }
-        let obj = self.obj();
-        let device = match parse_device(&settings.device) {
-            Ok(d) => d,
-            Err(e) => {
-                gst::element_imp_error!(
-                    self,
-                    gst::LibraryError::Settings,
-                    ("Property `device`: {}", e)
-                );
-                return Err(gst::StateChangeError);
+            // A server is checked with one bounded request (connect-timeout), here.
+            let post = |t: gst::ProgressType, text: &str| self.post_progress(t, text);
+            post(gst::ProgressType::Start, "Connecting to the caption server");
+            let res = self.connect_remote(&settings);
+            match res {
+                Ok(()) => post(gst::ProgressType::Complete, "Caption server ready"),
+                Err(_) => post(gst::ProgressType::Error, "Caption server not usable"),
             }
+            return res;
+        }
+        if let Err(e) = parse_device(&settings.device) {
+            gst::element_imp_error!(
+                self,
+                gst::LibraryError::Settings,
+                ("Property `device`: {}", e)
+            );
+            return Err(gst::StateChangeError);
+        }
+        let generation = self.model.begin();
+        let element = self.obj().clone();
+        let spawned = std::thread::Builder::new()
+            .name("blip2-load".into())
+            .spawn(move || element.imp().finish_load(&settings, generation));
+        if let Err(e) = spawned {
+            gst::element_imp_error!(
+                self,
+                gst::CoreError::Thread,
+                ("Cannot start the model loading thread: {}", e)
+            );
+            self.model.clear();
+            return Err(gst::StateChangeError);
+        }
+        Ok(())
+    }
+
+    /// The load thread: loads, then hands the model to the element unless the element went to
+    /// NULL meanwhile (then the model is dropped here, which frees it unless another element
+    /// uses it).
+    fn finish_load(&self, settings: &Settings, generation: u64) {
+        let Some(engine) = self.load_model(settings, generation) else {
+            self.model.finish(generation, None);
+            return;
         };
+        let warnings = engine.load_warnings();
+        let client = Arc::new(engine.client());
+        drop(engine);
+        if !self.model.finish(generation, Some(client)) {
+            gst::debug!(CAT, imp = self, "model load {generation} no longer wanted");
+            self.post_progress(
+                gst::ProgressType::Canceled,
+                "Model loaded after the element stopped; released",
+            );
+            return;
+        }
+        for warning in warnings {
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::Settings,
+                ("Model `{}` (property `model`): {}", settings.model, warning)
+            );
+        }
+        self.post_progress(gst::ProgressType::Complete, "Model loaded");
+    }
+
+    fn post_progress(&self, t: gst::ProgressType, text: &str) {
+        let obj = self.obj();
+        let _ = obj.post_message(
+            gst::message::Progress::builder(t, "load", text)
+                .src(&*obj)
+                .build(),
+        );
+    }
+
+    /// Resolves and loads the model (or shares an already loaded one), reporting progress.
+    /// Runs on the load thread. Errors name the file and the property.
+    fn load_model(&self, settings: &Settings, generation: u64) -> Option<Arc<engine::Engine>> {
+        let obj = self.obj();
+        let device = parse_device(&settings.device).ok()?;
         let post = |t: gst::ProgressType, text: &str| {
             let _ = obj.post_message(
                 gst::message::Progress::builder(t, "load", text)
@@ -56,24 +122,23 @@ impl Blip2Caption {
         ) {
             Ok(engine) => {
                 gst::info!(CAT, imp = self, "model {} ready", engine.name());
-                for warning in engine.load_warnings() {
-                    gst::element_imp_warning!(
-                        self,
-                        gst::ResourceError::Settings,
-                        ("Model `{}` (property `model`): {}", settings.model, warning)
-                    );
-                }
-                *lock(&self.client) = Some(Arc::new(engine.client()));
-                post(gst::ProgressType::Complete, "Model loaded");
-                Ok(())
+                Some(engine)
             }
             Err(e) => {
+                if !self.model.is_current(generation) {
+                    // Nobody waits for this model any more: no error to report.
+                    post(
+                        gst::ProgressType::Canceled,
+                        "Model loading no longer needed",
+                    );
+                    return None;
+                }
                 post(
                     gst::ProgressType::Error,
                     &format!("Model loading failed: {e}"),
                 );
                 self.post_load_error(&settings.model, &e);
-                Err(gst::StateChangeError)
+                None
             }
         }
     }
@@ -134,20 +199,18 @@ impl Blip2Caption {
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
         gst::debug!(CAT, imp = self, "{:?}", transition);
         match transition {
-            gst::StateChange::NullToReady => self.load_model()?,
+            gst::StateChange::NullToReady => self.start_load()?,
             gst::StateChange::ReadyToPaused => {
-                if let Some(client) = self.client() {
-                    client.resume();
-                }
+                self.model.resume();
                 *lock(&self.state) = State::default();
                 *lock(&self.stats) = Stats::default();
                 lock(&self.flow_combiner).reset();
             }
             gst::StateChange::PausedToReady => {
                 // Before the parent deactivates the pads: a chain function waiting for the
-                // model holds the stream lock and must be woken first.
+                // model (its load or a caption) holds the stream lock and must be woken first.
+                self.model.interrupt();
                 if let Some(client) = self.client() {
-                    client.interrupt();
                     client.cancel();
                 }
             }
@@ -163,13 +226,10 @@ impl Blip2Caption {
                     ..State::default()
                 };
             }
-            gst::StateChange::ReadyToNull => {
-                // The last element using a model frees it.
-                *lock(&self.client) = None;
-            }
-            gst::StateChange::NullToReady if res.is_err() => {
-                *lock(&self.client) = None;
-            }
+            // The last element using a model frees it; a load still running is dropped when
+            // it ends.
+            gst::StateChange::ReadyToNull => self.model.clear(),
+            gst::StateChange::NullToReady if res.is_err() => self.model.clear(),
             _ => (),
         }
         res

@@ -7,7 +7,8 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use super::super::{MESSAGE_NAME, META_NAME};
+use super::super::text::{Layout, Resolution, TextItem, TextTrack};
+use super::super::{MESSAGE_NAME, META_NAME, TextMode, downstream};
 use super::failure;
 use super::state::Sample;
 use super::{Blip2Caption, CAT, lock};
@@ -17,10 +18,11 @@ use crate::engine::{Outcome, WaitError};
 const LATENCY_STEP_MS: u64 = 100;
 
 impl Blip2Caption {
-    /// Emits every caption that is ready (realtime), attaching meta to `buffer` when given.
+    /// Emits every caption that is ready (realtime); its meta goes on `frame` (the buffer that
+    /// is about to leave, at the given PTS) when there is one.
     pub(super) fn emit_ready(
         &self,
-        mut buffer: Option<&mut gst::Buffer>,
+        mut frame: Option<(&mut gst::Buffer, gst::ClockTime)>,
     ) -> Result<(), gst::FlowError> {
         let Some(client) = self.client() else {
             return Ok(());
@@ -29,14 +31,19 @@ impl Blip2Caption {
             let sample = lock(&self.state).pending.remove(&outcome.ticket);
             // Unknown tickets belong to samples from before a flush.
             if let Some(sample) = sample {
-                self.emit(&sample, outcome, buffer.as_deref_mut(), true)?;
+                let frame = frame.as_mut().map(|(b, pts)| (&mut **b, *pts));
+                self.emit_realtime(&sample, outcome, frame)?;
             }
         }
         Ok(())
     }
 
-    /// Waits for every outstanding sample (EOS), emitting them in order.
+    /// Waits for every outstanding sample (EOS, segment change), emitting them in order.
     pub(super) fn drain(&self) -> Result<(), gst::FlowError> {
+        if lock(&self.state).realtime == Some(false) {
+            self.release_held(0)?;
+            return Ok(());
+        }
         let Some(client) = self.client() else {
             return Ok(());
         };
@@ -50,24 +57,60 @@ impl Blip2Caption {
                 Ok(outcome) => {
                     let sample = lock(&self.state).pending.remove(&ticket);
                     if let Some(sample) = sample {
-                        self.emit(&sample, outcome, None, true)?;
+                        self.emit_realtime(&sample, outcome, None)?;
                     }
                 }
                 Err(WaitError::Interrupted) => return Err(gst::FlowError::Flushing),
                 Err(WaitError::Unknown) => {
-                    lock(&self.state).pending.remove(&ticket);
+                    if let Some(sample) = lock(&self.state).pending.remove(&ticket) {
+                        self.resolve_lost(&sample);
+                    }
                 }
             }
         }
     }
 
-    /// Sends one caption out in its three forms: text buffer, meta on `buffer`, bus message.
+    /// A realtime caption, emitted as `frame` (if any) goes out: late ones are counted, and the
+    /// per-frame text shows it from that frame for the time it was meant to last.
+    fn emit_realtime(
+        &self,
+        sample: &Sample,
+        outcome: Outcome,
+        frame: Option<(&mut gst::Buffer, gst::ClockTime)>,
+    ) -> Result<(), gst::FlowError> {
+        let (buffer, shown_from) = match frame {
+            Some((b, pts)) => (Some(b), pts.max(sample.pts)),
+            None => (None, sample.pts),
+        };
+        let late_by = shown_from - sample.pts;
+        if !late_by.is_zero() {
+            let budget = self.latency();
+            let live = lock(&self.state).live;
+            if live && late_by > budget {
+                lock(&self.stats).late_captions += 1;
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "caption for {} is {} late (latency budget {})",
+                    sample.pts,
+                    late_by,
+                    budget
+                );
+            }
+        }
+        let until = sample.duration.map(|d| shown_from.saturating_add(d));
+        self.emit(sample, outcome, buffer, true, until)
+    }
+
+    /// Sends one caption out in its forms: meta on `buffer`, bus message, and its place on the
+    /// text timeline (`until`: how long per-frame text shows it; `None` = until replaced).
     pub(super) fn emit(
         &self,
         sample: &Sample,
         outcome: Outcome,
         buffer: Option<&mut gst::Buffer>,
         realtime: bool,
+        until: Option<gst::ClockTime>,
     ) -> Result<(), gst::FlowError> {
         let inference_ns = outcome.inference_time.as_nanos() as u64;
         self.record_inference(outcome.inference_time);
@@ -82,6 +125,7 @@ impl Blip2Caption {
                     sample.pts, failure.text
                 );
                 if realtime && !failure::never_recovers(&e) {
+                    self.resolve_lost(sample);
                     // Live video keeps flowing; one failed sample is not worth stopping for.
                     // The same failure again and again is posted once (until a caption
                     // succeeds), so a pipeline running for days does not flood the bus.
@@ -106,7 +150,7 @@ impl Blip2Caption {
             }
         };
         lock(&self.state).last_failure = None;
-        let text = caption.text.trim().to_owned();
+        let text = clean_text(&caption.text);
 
         if let Some(buffer) = buffer {
             let buffer = buffer.make_mut();
@@ -122,45 +166,15 @@ impl Blip2Caption {
             }
         }
 
-        let placement = {
-            let mut state = lock(&self.state);
-            let placement = state.text.place(sample.pts, sample.duration);
-            (placement, state.live, state.text_markup)
-        };
-        let (placement, live, markup) = placement;
-        if !placement.moved_by.is_zero() {
-            let budget = self.latency();
-            if live && placement.moved_by > budget {
-                lock(&self.stats).late_captions += 1;
-                gst::warning!(
-                    CAT,
-                    imp = self,
-                    "caption for {} is {} late (latency budget {}), re-timed to {}",
-                    sample.pts,
-                    placement.moved_by,
-                    budget,
-                    placement.pts
-                );
-            } else {
-                gst::debug!(
-                    CAT,
-                    imp = self,
-                    "caption for {} re-timed to {}",
-                    sample.pts,
-                    placement.pts
-                );
-            }
-        }
-
         let msg = gst::Structure::builder(MESSAGE_NAME)
             .field("text", &text)
             .field("prompt", &outcome.prompt)
             .field("pts", sample.pts.nseconds())
+            .field("running-time", sample.running_time.nseconds())
             .field(
-                "running-time",
-                sample.running_time.map_or(u64::MAX, |t| t.nseconds()),
+                "duration",
+                sample.duration.map_or(u64::MAX, |d| d.nseconds()),
             )
-            .field("duration", sample.duration.nseconds())
             .field("inference-time", inference_ns)
             .build();
         let _ = self.obj().post_message(
@@ -170,26 +184,60 @@ impl Blip2Caption {
         );
         lock(&self.stats).captions_emitted += 1;
 
-        if text.is_empty() {
-            // Nothing to show: keep the text pad covered instead.
-            self.push_gap(placement.pts, placement.duration);
-            return Ok(());
+        let resolution = if text.is_empty() {
+            Resolution::Nothing
+        } else {
+            Resolution::Text(text)
+        };
+        let items = lock(&self.state)
+            .text
+            .resolve(sample.slot, resolution, until);
+        self.push_text(items);
+        Ok(())
+    }
+
+    /// A sample that will never have a caption (dropped or failed): its span has no cue.
+    pub(super) fn resolve_lost(&self, sample: &Sample) {
+        let items = lock(&self.state)
+            .text
+            .resolve(sample.slot, Resolution::Lost, None);
+        self.push_text(items);
+    }
+
+    /// Queues text items for the text pad's task, after the caps they need.
+    pub(super) fn push_text(&self, items: Vec<TextItem>) {
+        if items.is_empty() {
+            return;
         }
         self.ensure_text_caps();
-        let payload = if markup {
-            glib::markup_escape_text(&text).to_string()
-        } else {
-            text
-        };
-        let mut text_buffer = gst::Buffer::from_mut_slice(payload.into_bytes());
-        {
-            let b = text_buffer.get_mut().expect("fresh buffer is writable");
-            b.set_pts(placement.pts);
-            b.set_duration(placement.duration);
+        let markup = lock(&self.state).text_markup;
+        for item in items {
+            match item {
+                TextItem::Gap { pts, duration } => {
+                    gst::trace!(CAT, imp = self, "text gap {} + {}", pts, duration);
+                    self.text_queue.push_gap(pts, duration);
+                }
+                TextItem::Text {
+                    pts,
+                    duration,
+                    text,
+                } => {
+                    let payload = if markup {
+                        glib::markup_escape_text(&text).to_string()
+                    } else {
+                        text
+                    };
+                    let mut buffer = gst::Buffer::from_mut_slice(payload.into_bytes());
+                    {
+                        let b = buffer.get_mut().expect("fresh buffer is writable");
+                        b.set_pts(pts);
+                        b.set_duration(duration);
+                    }
+                    gst::log!(CAT, imp = self, "text buffer {:?}", buffer);
+                    self.text_queue.push_buffer(buffer);
+                }
+            }
         }
-        gst::log!(CAT, imp = self, "caption buffer {:?}", text_buffer);
-        self.text_queue.push_buffer(text_buffer);
-        Ok(())
     }
 
     pub(super) fn record_inference(&self, took: Duration) {
@@ -223,30 +271,6 @@ impl Blip2Caption {
         }
     }
 
-    /// Before a frame goes out, the text pad must cover it: `textoverlay wait-text=true` would
-    /// otherwise hold the frame while waiting for text that only this thread can send.
-    pub(super) fn cover_text_until(&self, buffer: &gst::Buffer) {
-        let Some(pts) = buffer.pts() else { return };
-        let end = pts + buffer.duration().unwrap_or(gst::ClockTime::ZERO);
-        // A zero-length GAP would not move textoverlay past this frame.
-        let end = end.max(pts + gst::ClockTime::from_nseconds(1));
-        let gap = lock(&self.state).text.gap_to(pts, end);
-        match gap {
-            Some((start, duration)) => self.push_gap(start, duration),
-            // Already covered by a caption that lasts until the next sample. Muxers that need
-            // data on every pad before they let video through (qtmux/mp4mux, aggregator-based)
-            // would hold this frame until the next caption, which needs the frames after it:
-            // a zero-length GAP at the frame tells them the text pad has reached it.
-            None => self.push_gap(pts, gst::ClockTime::ZERO),
-        }
-    }
-
-    pub(super) fn push_gap(&self, start: gst::ClockTime, duration: gst::ClockTime) {
-        self.ensure_text_caps();
-        gst::trace!(CAT, imp = self, "text gap {} + {}", start, duration);
-        self.text_queue.push_gap(start, duration);
-    }
-
     /// Picks utf8 unless downstream only takes pango-markup; re-picks on reconfigure.
     pub(super) fn ensure_text_caps(&self) {
         let reconfigure = self.textpad.check_reconfigure();
@@ -266,12 +290,47 @@ impl Blip2Caption {
         } else {
             utf8
         };
+        // The layout is chosen once per stream, before any text.
+        let layout =
+            (!lock(&self.state).text_layout_chosen).then(|| match lock(&self.settings).text_mode {
+                TextMode::Cues => Layout::Cues,
+                TextMode::PerFrame => Layout::PerFrame,
+                TextMode::Auto if downstream::reaches_a_join(&self.textpad) => Layout::PerFrame,
+                TextMode::Auto => Layout::Cues,
+            });
         {
             let mut state = lock(&self.state);
             state.text_markup = markup;
             state.text_caps_sent = true;
+            if let Some(layout) = layout {
+                gst::info!(CAT, imp = self, "text layout {:?}", layout);
+                state.text = TextTrack::new(layout);
+                state.text_layout_chosen = true;
+            }
         }
         gst::debug!(CAT, imp = self, "text caps {}", caps);
         self.text_queue.push_event(gst::event::Caps::new(&caps));
+    }
+}
+
+/// The answer as it goes out: control characters (C0 other than newline and tab) removed, so no
+/// subtitle, message or meta carries a stray escape or NUL; surrounding whitespace trimmed.
+pub(super) fn clean_text(text: &str) -> String {
+    text.chars()
+        .filter(|&c| c >= ' ' || c == '\n' || c == '\t')
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_removed() {
+        assert_eq!(
+            super::clean_text(" a\u{0}b\u{7}c\u{1b}[31m\nd\te\r\u{1f}f "),
+            "abc[31m\nd\tef"
+        );
+        assert_eq!(super::clean_text("été 😀\u{7f}"), "été 😀\u{7f}");
     }
 }

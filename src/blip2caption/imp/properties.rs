@@ -6,7 +6,7 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use super::super::{DType, Mode};
+use super::super::{DType, Mode, TextMode};
 use super::remote::{self, RemoteSettings};
 use super::{Blip2Caption, CAT, lock};
 use crate::model::{DTypeChoice, DeviceChoice, GenerationParams};
@@ -15,12 +15,18 @@ const DEFAULT_MODEL: &str = "Salesforce/blip2-opt-2.7b";
 const DEFAULT_INTERVAL: u64 = 1_000_000_000;
 const DEFAULT_LATENCY_MS: i32 = -1;
 const DEFAULT_MAX_BATCH: u32 = 8;
+/// Bound of `max-new-tokens` / `min-new-tokens`: far beyond any caption, and a finite amount of
+/// work for language models without a position limit (Flan-T5). OPT is further capped at its
+/// positions by the engine.
+const MAX_TOKENS: u32 = 1024;
 
 #[derive(Debug, Clone)]
 pub(super) struct Settings {
     pub(super) model: String,
     pub(super) prompt: String,
-    pub(super) interval: gst::ClockTime,
+    /// Nanoseconds; any u64 (the param spec's whole range), so never a `ClockTime`, whose
+    /// u64::MAX is NONE.
+    pub(super) interval: u64,
     pub(super) mode: Mode,
     pub(super) latency_ms: i32,
     pub(super) max_new_tokens: u32,
@@ -31,6 +37,7 @@ pub(super) struct Settings {
     pub(super) dtype: DType,
     pub(super) max_batch: u32,
     pub(super) remote: RemoteSettings,
+    pub(super) text_mode: TextMode,
 }
 
 impl Default for Settings {
@@ -39,7 +46,7 @@ impl Default for Settings {
         Self {
             model: DEFAULT_MODEL.into(),
             prompt: String::new(),
-            interval: gst::ClockTime::from_nseconds(DEFAULT_INTERVAL),
+            interval: DEFAULT_INTERVAL,
             mode: Mode::Auto,
             latency_ms: DEFAULT_LATENCY_MS,
             max_new_tokens: defaults.max_new_tokens as u32,
@@ -50,19 +57,35 @@ impl Default for Settings {
             dtype: DType::Auto,
             max_batch: DEFAULT_MAX_BATCH,
             remote: RemoteSettings::default(),
+            text_mode: TextMode::Auto,
         }
     }
 }
 
 impl Settings {
+    /// Generation settings for a request. `min-new-tokens` above `max-new-tokens` is capped at
+    /// it (the element warns once, see [`Settings::token_conflict`]).
     pub(super) fn params(&self) -> GenerationParams {
         GenerationParams {
             max_new_tokens: self.max_new_tokens as usize,
-            min_new_tokens: self.min_new_tokens as usize,
+            min_new_tokens: self.min_new_tokens.min(self.max_new_tokens) as usize,
             num_beams: self.num_beams as usize,
             repetition_penalty: self.repetition_penalty,
             ..GenerationParams::default()
         }
+    }
+}
+
+impl Settings {
+    /// The warning for `min-new-tokens` > `max-new-tokens`, naming both, if they conflict.
+    pub(super) fn token_conflict(&self) -> Option<String> {
+        (self.min_new_tokens > self.max_new_tokens).then(|| {
+            format!(
+                "min-new-tokens ({}) is larger than max-new-tokens ({}): answers stop at \
+                 max-new-tokens",
+                self.min_new_tokens, self.max_new_tokens
+            )
+        })
     }
 }
 
@@ -114,8 +137,10 @@ pub(super) fn specs() -> &'static [glib::ParamSpec] {
                 .nick("Interval")
                 .blurb(
                     "Sampling interval in nanoseconds of running time: the first frame at \
-                     or after each multiple is captioned; 0 = every frame. Also the \
-                     duration of each caption",
+                     or after each multiple is captioned; 0 = every frame; a value whose \
+                     next multiple is past the clock's range (18446744073709551615) = only \
+                     the first frame. A caption lasts until the next sample or the end of \
+                     the stream. A change applies from the next frame",
                 )
                 .default_value(DEFAULT_INTERVAL)
                 .mutable_playing()
@@ -139,14 +164,22 @@ pub(super) fn specs() -> &'static [glib::ParamSpec] {
                 .build(),
             glib::ParamSpecUInt::builder("max-new-tokens")
                 .nick("Max new tokens")
-                .blurb("Most tokens generated per answer")
+                .blurb(
+                    "Most tokens generated per answer; for OPT models also capped at what the \
+                     model's positions leave after the prompt",
+                )
                 .minimum(1)
+                .maximum(MAX_TOKENS)
                 .default_value(d.max_new_tokens)
                 .mutable_playing()
                 .build(),
             glib::ParamSpecUInt::builder("min-new-tokens")
                 .nick("Min new tokens")
-                .blurb("Fewest tokens generated per answer before end-of-text is allowed")
+                .blurb(
+                    "Fewest tokens generated per answer before end-of-text is allowed; \
+                     capped at max-new-tokens (a warning names both when it is larger)",
+                )
+                .maximum(MAX_TOKENS)
                 .default_value(d.min_new_tokens)
                 .mutable_playing()
                 .build(),
@@ -191,6 +224,18 @@ pub(super) fn specs() -> &'static [glib::ParamSpec] {
                 .default_value(DEFAULT_MAX_BATCH)
                 .mutable_playing()
                 .build(),
+            glib::ParamSpecEnum::builder_with_default("text-mode", d.text_mode)
+                .nick("Text mode")
+                .blurb(
+                    "How captions go out on text_src: cues (one buffer per caption, sent when \
+                     its end is known: the next sample or the end of the stream; for \
+                     subtitle files), per-frame (one buffer per video frame with the caption \
+                     shown on it; for muxers such as mp4mux and overlays, which need the text \
+                     to advance with the video), auto (per-frame when text_src leads to an \
+                     element with several sink pads, else cues). Chosen when a stream starts",
+                )
+                .mutable_ready()
+                .build(),
             glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                 .nick("Statistics")
                 .blurb(
@@ -220,7 +265,7 @@ impl Blip2Caption {
                 s.prompt = value.get::<Option<String>>().unwrap().unwrap_or_default();
                 gst::info!(CAT, imp = self, "prompt now {:?}", s.prompt);
             }
-            "interval" => s.interval = gst::ClockTime::from_nseconds(value.get().unwrap()),
+            "interval" => s.interval = value.get().unwrap(),
             "mode" => s.mode = value.get().unwrap(),
             "latency" => {
                 let new = value.get().unwrap();
@@ -250,6 +295,7 @@ impl Blip2Caption {
             }
             "dtype" => s.dtype = value.get().unwrap(),
             "max-batch" => s.max_batch = value.get().unwrap(),
+            "text-mode" => s.text_mode = value.get().unwrap(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -262,7 +308,7 @@ impl Blip2Caption {
         match pspec.name() {
             "model" => s.model.to_value(),
             "prompt" => s.prompt.to_value(),
-            "interval" => s.interval.nseconds().to_value(),
+            "interval" => s.interval.to_value(),
             "mode" => s.mode.to_value(),
             "latency" => s.latency_ms.to_value(),
             "max-new-tokens" => s.max_new_tokens.to_value(),
@@ -272,6 +318,7 @@ impl Blip2Caption {
             "device" => s.device.to_value(),
             "dtype" => s.dtype.to_value(),
             "max-batch" => s.max_batch.to_value(),
+            "text-mode" => s.text_mode.to_value(),
             "stats" => lock(&self.stats).to_structure().to_value(),
             other => unreachable!("unknown property {other}"),
         }

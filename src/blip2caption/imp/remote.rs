@@ -11,7 +11,7 @@ use gst::subclass::prelude::*;
 use super::super::Mode;
 use super::failure;
 use super::properties::Settings;
-use super::{Blip2Caption, CAT, lock};
+use super::{Blip2Caption, CAT};
 use crate::engine::openai::{self, ImageFormat, RemoteConfig};
 use crate::engine::{CaptionError, RemoteError};
 
@@ -283,7 +283,7 @@ impl Blip2Caption {
         }
         let engine = openai::engine(&config);
         gst::info!(CAT, imp = self, "captions from {}", engine.name());
-        *lock(&self.client) = Some(Arc::new(engine.client()));
+        self.model.set_ready(Arc::new(engine.client()));
         Ok(())
     }
 

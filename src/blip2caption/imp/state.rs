@@ -1,10 +1,11 @@
 //! Streaming state (reset on flushes and stream starts), samples in flight and statistics.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use super::super::convert::ToRgb;
-use super::super::timeline::{Sampler, TextTimeline};
+use super::super::text::{Layout, SlotId, TextTrack};
+use super::super::timeline::Sampler;
 use crate::engine::Ticket;
 
 #[derive(Debug, Default, Clone)]
@@ -46,8 +47,30 @@ impl Stats {
 #[derive(Debug, Clone)]
 pub(super) struct Sample {
     pub(super) pts: gst::ClockTime,
+    pub(super) running_time: gst::ClockTime,
+    /// Until the next scheduled sample (`None`: no further sample is due).
+    pub(super) duration: Option<gst::ClockTime>,
+    /// Its place on the text timeline.
+    pub(super) slot: SlotId,
+}
+
+/// Where a video frame sits on the timeline.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FrameTimes {
+    /// The buffer's PTS, or the stand-in for a frame without one.
+    pub(super) pts: gst::ClockTime,
+    /// Buffer duration, else one frame at the caps' framerate.
+    pub(super) duration: Option<gst::ClockTime>,
+    /// `None` outside the segment (not shown, so neither captioned nor covered by text).
     pub(super) running_time: Option<gst::ClockTime>,
-    pub(super) duration: gst::ClockTime,
+}
+
+/// A frame waiting inside the element (complete mode) until the caption of the sample taken
+/// from it, or from an earlier frame, is back: frames leave in order.
+pub(super) struct Held {
+    pub(super) buffer: gst::Buffer,
+    pub(super) times: FrameTimes,
+    pub(super) sample: Option<(Ticket, Sample)>,
 }
 
 /// Streaming state, reset on flushes and stream starts.
@@ -56,9 +79,15 @@ pub(super) struct State {
     pub(super) to_rgb: Option<ToRgb>,
     pub(super) segment: gst::FormattedSegment<gst::ClockTime>,
     pub(super) sampler: Sampler,
-    pub(super) text: TextTimeline,
+    pub(super) text: TextTrack,
+    /// Whether `text`'s layout has been chosen for this stream (at the first text caps).
+    pub(super) text_layout_chosen: bool,
     /// Samples submitted and not answered yet, by ticket (realtime mode).
     pub(super) pending: BTreeMap<Ticket, Sample>,
+    /// Frames waiting for their captions, oldest first (complete mode).
+    pub(super) held: VecDeque<Held>,
+    /// Where the last frame that went out ended: the end of the stream at EOS.
+    pub(super) last_frame_end: Option<gst::ClockTime>,
     /// Decided at the first buffer of a stream: realtime (live or forced) or complete.
     pub(super) realtime: Option<bool>,
     pub(super) live: bool,
@@ -77,8 +106,11 @@ impl Default for State {
             to_rgb: None,
             segment: gst::FormattedSegment::new(),
             sampler: Sampler::default(),
-            text: TextTimeline::default(),
+            text: TextTrack::new(Layout::Cues),
+            text_layout_chosen: false,
             pending: BTreeMap::new(),
+            held: VecDeque::new(),
+            last_frame_end: None,
             realtime: None,
             live: false,
             text_markup: false,
