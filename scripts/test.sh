@@ -46,6 +46,32 @@ GST_PLUGIN_PATH="$target_dir" GST_REGISTRY="$scratch/registry.bin" gst-launch-1.
   c.text_src ! srtenc ! filesink location="$scratch/out.srt"
 cues=$(grep -c -- "-->" "$scratch/out.srt")
 [ "$cues" = 2 ] || { echo "expected 2 SRT cues from 2 s of video, got $cues"; exit 1; }
+
+echo "== cargo cinstall into a temporary prefix; GStreamer loads the plugin from there"
+# cargo-c builds against the cargo library of its release; 0.10.24 is the newest that the
+# pinned Rust (1.95) compiles. It is only on crates.io (no Debian package is new enough), so it
+# is built from source once (14 CPU-minutes, then cached in ~/.cargo/bin). cinstall builds the
+# plugin a second time, in target/x86_64-unknown-linux-gnu (cargo-c always names the target):
+# about 10 CPU-minutes.
+if ! cargo cinstall --version >/dev/null 2>&1; then
+  cargo install --locked cargo-c --version "0.10.24+cargo-0.98.0"
+fi
+# The README's two commands: Debian's system layout staged under a destdir, and a prefix.
+stage="$scratch/stage"
+cargo cinstall --release --locked --library-type cdylib --prefix /usr \
+  --libdir /usr/lib/x86_64-linux-gnu --destdir "$stage"
+[ -f "$stage/usr/lib/x86_64-linux-gnu/gstreamer-1.0/libgstblip2.so" ] \
+  || { echo "cargo cinstall staged no plugin in Debian's plugin folder"; exit 1; }
+prefix="$scratch/prefix"
+cargo cinstall --release --locked --library-type cdylib --prefix "$prefix" --libdir "$prefix/lib"
+installed="$prefix/lib/gstreamer-1.0/libgstblip2.so"
+[ -f "$installed" ] || { echo "cargo cinstall did not install $installed"; exit 1; }
+[ "$(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --variable=libdir gstblip2)" = "$prefix/lib" ] \
+  || { echo "no pkg-config file gstblip2.pc for the prefix"; exit 1; }
+GST_PLUGIN_PATH="$prefix/lib/gstreamer-1.0" GST_REGISTRY="$scratch/installed.bin" \
+  gst-inspect-1.0 blip2caption > "$scratch/installed.txt"
+grep -q "Filename.*$installed" "$scratch/installed.txt" \
+  || { echo "gst-inspect did not load the installed plugin:"; cat "$scratch/installed.txt"; exit 1; }
 rm -rf "$scratch"
 
 echo "== benchmark smoke run (CPU, small preset)"

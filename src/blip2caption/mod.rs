@@ -111,5 +111,18 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
         "blip2caption",
         gst::Rank::NONE,
         Blip2Caption::static_type(),
-    )
+    )?;
+    // For GStreamer's documentation tooling (hotdoc), as gst-plugins-rs does: the enum types of
+    // the properties (mode, dtype, text-mode, backend, ...) are documented with the plugin.
+    #[cfg(feature = "doc")]
+    if let Some(class) = glib::Class::<glib::Object>::from_type(Blip2Caption::static_type()) {
+        for pspec in class.list_properties().iter() {
+            if pspec.value_type().is_a(glib::Type::ENUM) {
+                pspec
+                    .value_type()
+                    .mark_as_plugin_api(gst::PluginAPIFlags::empty());
+            }
+        }
+    }
+    Ok(())
 }
