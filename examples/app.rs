@@ -44,8 +44,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .new_sample(|sink| {
                 let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                 let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
-                if let Ok(meta) = gst::meta::CustomMeta::from_buffer(buffer, gstblip2::META_NAME) {
-                    let s = meta.structure();
+                // Every answer riding on this buffer (one per blip2caption element upstream).
+                for s in gstblip2::meta_answers(buffer) {
                     println!(
                         "meta on frame {}: {:?} (frame {} analysed in {} ms)",
                         buffer.pts().display(),

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 packages=(pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base
           gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
           gstreamer1.0-x gstreamer1.0-tools)
+# PyGObject and GStreamer's introspection data: examples/python runs against the installed plugin.
+packages+=(python3-gi python3-gst-1.0 gir1.2-gstreamer-1.0)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -40,6 +42,7 @@ target_dir="${CARGO_TARGET_DIR:-$PWD/target}/release"
 scratch="$(mktemp -d)"
 GST_PLUGIN_PATH="$target_dir" GST_REGISTRY="$scratch/registry.bin" gst-inspect-1.0 blip2caption > "$scratch/inspect.txt"
 grep -q "text_src" "$scratch/inspect.txt"
+grep -q "Blip2CaptionMeta" "$scratch/inspect.txt"  # the description names the meta and message
 GST_PLUGIN_PATH="$target_dir" GST_REGISTRY="$scratch/registry.bin" gst-launch-1.0 -q \
   videotestsrc num-buffers=60 ! video/x-raw,width=320,height=240,framerate=30/1 \
   ! blip2caption model="$PWD/tests/fixtures/models/opt-tiny" name=c ! fakesink \
@@ -47,7 +50,7 @@ GST_PLUGIN_PATH="$target_dir" GST_REGISTRY="$scratch/registry.bin" gst-launch-1.
 cues=$(grep -c -- "-->" "$scratch/out.srt")
 [ "$cues" = 2 ] || { echo "expected 2 SRT cues from 2 s of video, got $cues"; exit 1; }
 
-echo "== cargo cinstall into a temporary prefix; GStreamer loads the plugin from there"
+echo "== cargo cinstall into a temporary prefix; GStreamer, Python and C load the plugin from there"
 # cargo-c builds against the cargo library of its release; 0.10.24 is the newest that the
 # pinned Rust (1.95) compiles. It is only on crates.io (no Debian package is new enough), so it
 # is built from source once (14 CPU-minutes, then cached in ~/.cargo/bin). cinstall builds the
@@ -72,6 +75,17 @@ GST_PLUGIN_PATH="$prefix/lib/gstreamer-1.0" GST_REGISTRY="$scratch/installed.bin
   gst-inspect-1.0 blip2caption > "$scratch/installed.txt"
 grep -q "Filename.*$installed" "$scratch/installed.txt" \
   || { echo "gst-inspect did not load the installed plugin:"; cat "$scratch/installed.txt"; exit 1; }
+# Reading every answer from Python (Debian's PyGObject, so Debian's python3) and from C, two
+# elements in series, from the installed plugin.
+export GST_PLUGIN_PATH="$prefix/lib/gstreamer-1.0" GST_REGISTRY="$scratch/installed.bin"
+/usr/bin/python3 tests/python/test_read_answers.py "$PWD/tests/fixtures/models/opt-tiny"
+# shellcheck disable=SC2046
+cc -Wall -Werror -o "$scratch/read_answers" examples/c/read_answers.c $(pkg-config --cflags --libs gstreamer-1.0)
+"$scratch/read_answers" "$PWD/tests/fixtures/models/opt-tiny" > "$scratch/c.txt"
+[ "$(grep -c '^captioner \[\] ' "$scratch/c.txt")" = 2 ] \
+  && [ "$(grep -c '^asker \[Question: what colours are there? Answer:\] ' "$scratch/c.txt")" = 2 ] \
+  || { echo "examples/c/read_answers.c: expected 2 answers from each element:"; cat "$scratch/c.txt"; exit 1; }
+unset GST_PLUGIN_PATH GST_REGISTRY
 rm -rf "$scratch"
 
 echo "== benchmark smoke run (CPU, small preset)"

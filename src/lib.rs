@@ -19,7 +19,7 @@ mod blip2caption;
 /// The scene-change measure of `scene-threshold`, for applications that want to see the
 /// distances of their own video before choosing a threshold.
 pub use blip2caption::scene;
-pub use blip2caption::{DType, MESSAGE_NAME, META_NAME, Mode};
+pub use blip2caption::{ANSWER_NAME, DType, MESSAGE_NAME, META_NAME, Mode, meta_answers};
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     blip2caption::register(plugin)

@@ -200,8 +200,9 @@ fn realtime_caption_meta_rides_on_a_later_frame() {
         i += 1;
         std::thread::sleep(Duration::from_millis(5));
     };
-    let meta = gst::meta::CustomMeta::from_buffer(&meta_frame, name).unwrap();
-    let s = meta.structure();
+    let answers = gstblip2::meta_answers(&meta_frame);
+    assert_eq!(answers.len(), 1);
+    let s = &answers[0];
     assert_eq!(s.get::<&str>("text").unwrap(), "mean 50");
     assert_eq!(
         s.get::<u64>("pts").unwrap(),
@@ -610,7 +611,7 @@ fn caption_message_fields() {
     let model = install("message", Fake::new(0));
     let p = pipeline(&format!(
         "videotestsrc num-buffers=3 pattern=white ! video/x-raw,format=RGB,width=8,height=8,framerate=1/1 \
-         ! blip2caption model={model} prompt=Hi ! fakesink sync=false"
+         ! blip2caption name=c model={model} prompt=Hi ! fakesink sync=false"
     ));
     let run = run_to_eos(&p, Duration::from_secs(10));
     assert_eq!(run.captions.len(), 3);
@@ -621,4 +622,10 @@ fn caption_message_fields() {
     assert_eq!(u64_field(s, "running-time"), SEC);
     assert_eq!(u64_field(s, "duration"), SEC);
     let _ = u64_field(s, "inference-time");
+    // Which element and model answered, at which position in the stream, with how much work.
+    assert_eq!(s.get::<&str>("element").unwrap(), "c");
+    assert_eq!(s.get::<&str>("model").unwrap(), model);
+    assert_eq!(u64_field(s, "stream-time"), SEC);
+    assert_eq!(s.get::<u32>("tokens").unwrap(), 2);
+    assert_eq!(s.get::<u32>("batch-size").unwrap(), 1);
 }

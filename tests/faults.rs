@@ -319,8 +319,8 @@ fn control_characters_are_removed_from_answers() {
         assert_eq!(&*b.map_readable().unwrap(), clean.as_bytes());
     }
     let video = video.lock().unwrap();
-    let meta = gst::meta::CustomMeta::from_buffer(&video[0], gstblip2::META_NAME).unwrap();
-    assert_eq!(meta.structure().get::<&str>("text").unwrap(), clean);
+    let answers = gstblip2::meta_answers(&video[0]);
+    assert_eq!(answers[0].get::<&str>("text").unwrap(), clean);
 }
 
 /// Empty, unicode/emoji and 10 kB prompts reach the model unchanged and come back in the text.

@@ -50,6 +50,8 @@ pub struct Blip2Caption {
     /// The (min, max) new-token pair last warned about.
     token_warning: Mutex<Option<(u32, u32)>>,
     flow_combiner: Mutex<gst_base::UniqueFlowCombiner>,
+    /// The `model` property as it was when the model in use was loaded: answers name it.
+    loaded_model: Mutex<String>,
     /// Latency chosen from measured inference time when `latency` is -1.
     auto_latency: Mutex<gst::ClockTime>,
     /// Everything for `text_src`, pushed by that pad's own task.
@@ -157,6 +159,7 @@ impl ObjectSubclass for Blip2Caption {
             model: Arc::new(ModelSlot::default()),
             token_warning: Mutex::new(None),
             flow_combiner: Mutex::new(combiner),
+            loaded_model: Mutex::new(String::new()),
             auto_latency: Mutex::new(gst::ClockTime::ZERO),
             text_queue: Arc::new(TextQueue::default()),
         }
@@ -193,8 +196,17 @@ impl ElementImpl for Blip2Caption {
             gst::subclass::ElementMetadata::new(
                 "BLIP-2 video captioner",
                 "Filter/Analyzer/Video/Text",
-                "Captions sampled video frames with BLIP-2; passes video through and outputs \
-                 timed text, buffer meta and bus messages",
+                "Captions sampled video frames with BLIP-2 and passes the video through. \
+                 Each answer goes out three ways: timed text on text_src; a 'blip2-caption' \
+                 element message; and an entry of the 'answers' array (GstValueArray of \
+                 'blip2-answer' structures) in the one Blip2CaptionMeta (GstCustomMeta) of \
+                 a video buffer, which further blip2caption elements append to. Answer \
+                 fields: element, prompt, text, model (strings); pts, running-time, \
+                 stream-time, duration, inference-time (guint64 ns, 18446744073709551615 = \
+                 unknown); tokens, batch-size (guint). Example: gst-launch-1.0 -m \
+                 filesrc location=clip.mp4 ! decodebin ! blip2caption \
+                 model=Salesforce/blip2-opt-2.7b name=c ! fakesink c.text_src ! srtenc ! \
+                 filesink location=out.srt",
                 "gst-blip2 developers",
             )
         });

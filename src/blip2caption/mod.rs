@@ -10,18 +10,25 @@ mod answers;
 mod convert;
 mod downstream;
 mod imp;
+mod published;
 pub mod scene;
 mod scene_gate;
 mod text;
 mod textqueue;
 mod timeline;
 
-/// Name of the custom meta carried by video buffers (GstCustomMeta, GStreamer ≥ 1.20). Its
-/// structure has `text` (string), `prompt` (string), `pts` (guint64 ns, the analysed frame) and
-/// `inference-time` (guint64 ns).
+pub use published::{ANSWER_NAME, answers as meta_answers};
+
+/// Name of the custom meta carried by video buffers (GstCustomMeta, GStreamer ≥ 1.20): one per
+/// buffer, its structure's `answers` array (GstValueArray) holding one [`ANSWER_NAME`]
+/// structure per answer, from every `blip2caption` the buffer went through. Fields: see
+/// [`MESSAGE_NAME`]; [`meta_answers`] reads them.
 pub const META_NAME: &str = "Blip2CaptionMeta";
 
-/// Name of the element message structure posted for every caption.
+/// Name of the element message structure posted for every answer. Fields: `element`, `prompt`,
+/// `text`, `model` (strings); `pts`, `running-time`, `stream-time`, `duration`,
+/// `inference-time` (guint64 ns, `GST_CLOCK_TIME_NONE` when unknown); `tokens`, `batch-size`
+/// (guint). docs/element.md describes each.
 pub const MESSAGE_NAME: &str = "blip2-caption";
 
 /// When the video may wait for the model.

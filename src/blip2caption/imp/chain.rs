@@ -224,11 +224,22 @@ impl Blip2Caption {
             }
         };
         lock(&self.stats).samples_taken += 1;
-        let (slot, items) = lock(&self.state).text.sample(times.pts);
+        let (slot, items, stream_time) = {
+            let mut state = lock(&self.state);
+            let (slot, items) = state.text.sample(times.pts);
+            (slot, items, state.segment.to_stream_time(times.pts))
+        };
         self.push_text(items);
+        gst::debug!(
+            CAT,
+            imp = self,
+            "sample at {} (running time {rt})",
+            times.pts
+        );
         let sample = Sample {
             pts: times.pts,
             running_time: rt,
+            stream_time,
             duration,
             slot,
         };

@@ -18,6 +18,7 @@ impl Blip2Caption {
     /// freeze meanwhile). Elements sharing a model wait for one load in the engine's cache.
     fn start_load(&self) -> Result<(), gst::StateChangeError> {
         let settings = lock(&self.settings).clone();
+        *lock(&self.loaded_model) = settings.model.clone();
         if settings.remote.backend == Backend::OpenAi {
             // A server is checked with one bounded request (connect-timeout), here.
             let post = |t: gst::ProgressType, text: &str| self.post_progress(t, text);

@@ -7,8 +7,9 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
+use super::super::published::{self, Answer};
 use super::super::text::{Layout, Resolution, TextItem, TextTrack};
-use super::super::{MESSAGE_NAME, META_NAME, TextMode, downstream};
+use super::super::{META_NAME, TextMode, downstream};
 use super::failure;
 use super::state::Sample;
 use super::{Blip2Caption, CAT, lock};
@@ -112,7 +113,6 @@ impl Blip2Caption {
         realtime: bool,
         until: Option<gst::ClockTime>,
     ) -> Result<(), gst::FlowError> {
-        let inference_ns = outcome.inference_time.as_nanos() as u64;
         self.record_inference(outcome.inference_time);
         let caption = match outcome.result {
             Ok(caption) => caption,
@@ -152,33 +152,39 @@ impl Blip2Caption {
         lock(&self.state).last_failure = None;
         let text = clean_text(&caption.text);
 
-        if let Some(buffer) = buffer {
-            let buffer = buffer.make_mut();
-            match gst::meta::CustomMeta::add(buffer, META_NAME) {
-                Ok(mut meta) => {
-                    let s = meta.mut_structure();
-                    s.set("text", &text);
-                    s.set("prompt", &outcome.prompt);
-                    s.set("pts", sample.pts.nseconds());
-                    s.set("inference-time", inference_ns);
-                }
-                Err(e) => gst::warning!(CAT, imp = self, "cannot add {META_NAME}: {e}"),
-            }
+        let element = self.obj().name();
+        let model = lock(&self.loaded_model).clone();
+        let answer = Answer {
+            element: &element,
+            model: &model,
+            prompt: &outcome.prompt,
+            text: &text,
+            pts: sample.pts,
+            running_time: Some(sample.running_time),
+            stream_time: sample.stream_time,
+            duration: sample.duration,
+            tokens: caption.token_ids.len() as u32,
+            inference_time: outcome.inference_time,
+            batch_size: outcome.batch_size as u32,
+        };
+        gst::debug!(
+            CAT,
+            imp = self,
+            "answer for {} (running time {}): {:?}, {} tokens, inference {:.1?} in a batch of {}",
+            sample.pts,
+            sample.running_time,
+            text,
+            answer.tokens,
+            outcome.inference_time,
+            outcome.batch_size
+        );
+        if let Some(buffer) = buffer
+            && let Err(e) = published::attach(buffer.make_mut(), &answer)
+        {
+            gst::warning!(CAT, imp = self, "cannot add {META_NAME}: {e}");
         }
-
-        let msg = gst::Structure::builder(MESSAGE_NAME)
-            .field("text", &text)
-            .field("prompt", &outcome.prompt)
-            .field("pts", sample.pts.nseconds())
-            .field("running-time", sample.running_time.nseconds())
-            .field(
-                "duration",
-                sample.duration.map_or(u64::MAX, |d| d.nseconds()),
-            )
-            .field("inference-time", inference_ns)
-            .build();
         let _ = self.obj().post_message(
-            gst::message::Element::builder(msg)
+            gst::message::Element::builder(answer.to_message())
                 .src(&*self.obj())
                 .build(),
         );
@@ -233,7 +239,12 @@ impl Blip2Caption {
                         b.set_pts(pts);
                         b.set_duration(duration);
                     }
-                    gst::log!(CAT, imp = self, "text buffer {:?}", buffer);
+                    gst::log!(
+                        CAT,
+                        imp = self,
+                        "text buffer at {pts} for {}",
+                        duration.display()
+                    );
                     self.text_queue.push_buffer(buffer);
                 }
             }

@@ -48,6 +48,8 @@ impl Stats {
 pub(super) struct Sample {
     pub(super) pts: gst::ClockTime,
     pub(super) running_time: gst::ClockTime,
+    /// Position in the stream (the segment's time), for applications that show it.
+    pub(super) stream_time: Option<gst::ClockTime>,
     /// Until the next scheduled sample (`None`: no further sample is due).
     pub(super) duration: Option<gst::ClockTime>,
     /// Its place on the text timeline.
