@@ -269,7 +269,7 @@ fn prompt_change_while_playing_takes_effect() {
 fn latency_query_adds_configured_latency_when_live() {
     init();
     let model = install("latency", Fake::new(0));
-    let el = element(&model, &[("latency", "700")]);
+    let el = element(&model, &[("latency", "700000000")]);
     let (mut h, _th) = harnesses(&el);
     h.set_upstream_latency(gst::ClockTime::from_mseconds(10));
     let latency = h.query_latency().unwrap();

@@ -97,8 +97,27 @@ fn param_specs_bound_every_number() {
     let p = p.downcast::<glib::ParamSpecDouble>().unwrap();
     assert_eq!((p.minimum(), p.maximum()), (0.01, 100.0));
     let p = el.find_property("latency").unwrap();
-    let p = p.downcast::<glib::ParamSpecInt>().unwrap();
-    assert_eq!((p.minimum(), p.maximum()), (-1, i32::MAX));
+    let p = p.downcast::<glib::ParamSpecInt64>().unwrap();
+    assert_eq!((p.minimum(), p.maximum()), (-1, i64::MAX));
+}
+
+/// gst-inspect says which properties are read only when the model is loaded: "changeable only
+/// in NULL or READY state".
+#[test]
+fn model_device_and_dtype_are_flagged_mutable_ready() {
+    init();
+    let el = element("/fake-models/none", &[]);
+    for name in ["model", "device", "dtype"] {
+        let flags = el.find_property(name).unwrap().flags();
+        assert!(
+            flags.contains(gst::PARAM_FLAG_MUTABLE_READY),
+            "{name}: {flags:?}"
+        );
+        assert!(
+            !flags.contains(gst::PARAM_FLAG_MUTABLE_PLAYING),
+            "{name}: {flags:?}"
+        );
+    }
 }
 
 /// Minimum, middle and maximum of every writable property, from its param spec (every value of
@@ -119,6 +138,10 @@ fn values_to_try(pspec: &glib::ParamSpec, fixture: &str) -> Vec<glib::Value> {
             (lo + (hi - lo) / 2).to_value(),
             hi.to_value(),
         ];
+    }
+    if let Some(p) = pspec.downcast_ref::<glib::ParamSpecInt64>() {
+        let (lo, hi) = (p.minimum(), p.maximum());
+        return vec![lo.to_value(), (lo / 2 + hi / 2).to_value(), hi.to_value()];
     }
     if let Some(p) = pspec.downcast_ref::<glib::ParamSpecInt>() {
         let (lo, hi) = (p.minimum() as i64, p.maximum() as i64);

@@ -64,9 +64,9 @@ impl Blip2Caption {
     }
 
     fn latency(&self) -> gst::ClockTime {
-        let ms = lock(&self.settings).latency_ms;
-        if ms >= 0 {
-            gst::ClockTime::from_mseconds(ms as u64)
+        let ns = lock(&self.settings).latency;
+        if ns >= 0 {
+            gst::ClockTime::from_nseconds(ns as u64)
         } else {
             *lock(&self.auto_latency)
         }

@@ -260,7 +260,7 @@ impl Blip2Caption {
             stats.inference_max = stats.inference_max.max(took);
         }
         // Automatic latency follows the slowest inference, rounded up, announced when it grows.
-        if lock(&self.settings).latency_ms >= 0 || !lock(&self.state).live {
+        if lock(&self.settings).latency >= 0 || !lock(&self.state).live {
             return;
         }
         let step = LATENCY_STEP_MS * 1_000_000;

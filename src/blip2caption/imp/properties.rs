@@ -13,7 +13,8 @@ use crate::model::{DTypeChoice, DeviceChoice, GenerationParams};
 
 const DEFAULT_MODEL: &str = "Salesforce/blip2-opt-2.7b";
 const DEFAULT_INTERVAL: u64 = 1_000_000_000;
-const DEFAULT_LATENCY_MS: i32 = -1;
+/// Nanoseconds; -1 = automatic.
+const DEFAULT_LATENCY: i64 = -1;
 const DEFAULT_MAX_BATCH: u32 = 8;
 /// Bound of `max-new-tokens` / `min-new-tokens`: far beyond any caption, and a finite amount of
 /// work for language models without a position limit (Flan-T5). OPT is further capped at its
@@ -28,7 +29,8 @@ pub(super) struct Settings {
     /// u64::MAX is NONE.
     pub(super) interval: u64,
     pub(super) mode: Mode,
-    pub(super) latency_ms: i32,
+    /// Nanoseconds; -1 = automatic.
+    pub(super) latency: i64,
     pub(super) max_new_tokens: u32,
     pub(super) min_new_tokens: u32,
     pub(super) num_beams: u32,
@@ -48,7 +50,7 @@ impl Default for Settings {
             prompt: String::new(),
             interval: DEFAULT_INTERVAL,
             mode: Mode::Auto,
-            latency_ms: DEFAULT_LATENCY_MS,
+            latency: DEFAULT_LATENCY,
             max_new_tokens: defaults.max_new_tokens as u32,
             min_new_tokens: defaults.min_new_tokens as u32,
             num_beams: defaults.num_beams as u32,
@@ -106,6 +108,9 @@ pub(super) fn dtype_choice(d: DType) -> DTypeChoice {
     }
 }
 
+/// Properties read only when the model is loaded (NULL→READY).
+const LOADED_AT_READY: [&str; 3] = ["model", "device", "dtype"];
+
 /// The param specs of every property, in the order `gst-inspect-1.0` shows them.
 pub(super) fn specs() -> &'static [glib::ParamSpec] {
     static PROPS: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
@@ -118,10 +123,12 @@ pub(super) fn specs() -> &'static [glib::ParamSpec] {
                      Salesforce/blip2-opt-2.7b (optionally @revision) taken from the Hugging \
                      Face cache ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub) and \
                      downloaded into it on first use (HF_ENDPOINT, HF_TOKEN; HF_HUB_OFFLINE=1 \
-                     never downloads). Loaded on NULL→READY, with Progress messages. With \
-                     backend=openai: the served model name, unless server-model is set",
+                     never downloads). Loaded on NULL→READY, with Progress messages; a change \
+                     in a later state applies at the next NULL→READY. With backend=openai: \
+                     the served model name, unless server-model is set",
                 )
                 .default_value(Some(DEFAULT_MODEL))
+                .mutable_ready()
                 .build(),
             glib::ParamSpecString::builder("prompt")
                 .nick("Prompt")
@@ -150,16 +157,15 @@ pub(super) fn specs() -> &'static [glib::ParamSpec] {
                 .blurb("Whether video may wait for the model (auto: realtime when live)")
                 .mutable_ready()
                 .build(),
-            glib::ParamSpecInt::builder("latency")
+            glib::ParamSpecInt64::builder("latency")
                 .nick("Latency")
                 .blurb(
-                    "Latency in milliseconds added in live pipelines; captions later than \
+                    "Latency in nanoseconds added in live pipelines; captions later than \
                      this are re-timed and warned about. -1 = automatic (from measured \
                      inference time, announced with a latency message when it grows)",
                 )
                 .minimum(-1)
-                .maximum(i32::MAX)
-                .default_value(DEFAULT_LATENCY_MS)
+                .default_value(DEFAULT_LATENCY)
                 .mutable_playing()
                 .build(),
             glib::ParamSpecUInt::builder("max-new-tokens")
@@ -203,14 +209,19 @@ pub(super) fn specs() -> &'static [glib::ParamSpec] {
                 .nick("Device")
                 .blurb(
                     "Where the model runs: auto (CUDA 0 when built with CUDA and present, \
-                     else CPU), cpu, cuda:N. Used on NULL→READY",
+                     else CPU), cpu, cuda:N. Used on NULL→READY; a change in a later state \
+                     applies at the next NULL→READY",
                 )
                 .default_value(Some("auto"))
                 .mutable_ready()
                 .build(),
             glib::ParamSpecEnum::builder_with_default("dtype", d.dtype)
                 .nick("DType")
-                .blurb("Compute precision of the model. Used on NULL→READY")
+                .blurb(
+                    "Compute precision of the model. Used on NULL→READY; a change in a later \
+                     state applies at the next NULL→READY",
+                )
+                .mutable_ready()
                 .build(),
             glib::ParamSpecUInt::builder("max-batch")
                 .nick("Max batch")
@@ -255,6 +266,18 @@ pub(super) fn specs() -> &'static [glib::ParamSpec] {
 
 impl Blip2Caption {
     pub(super) fn set_property_value(&self, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if LOADED_AT_READY.contains(&pspec.name()) {
+            let state = self.obj().current_state();
+            if state != gst::State::Null {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "{} set in state {state:?}: the model in use stays, the change applies at \
+                     the next NULL→READY",
+                    pspec.name()
+                );
+            }
+        }
         let mut s = lock(&self.settings);
         if remote::is_remote_property(pspec.name()) {
             return remote::set(&mut s.remote, pspec.name(), value);
@@ -268,9 +291,17 @@ impl Blip2Caption {
             "interval" => s.interval = value.get().unwrap(),
             "mode" => s.mode = value.get().unwrap(),
             "latency" => {
-                let new = value.get().unwrap();
-                let changed = s.latency_ms != new;
-                s.latency_ms = new;
+                let new: i64 = value.get().unwrap();
+                if (1..1_000_000).contains(&new) {
+                    gst::warning!(
+                        CAT,
+                        imp = self,
+                        "latency is in nanoseconds: {new} ns (for {new} ms, set {}000000)",
+                        new
+                    );
+                }
+                let changed = s.latency != new;
+                s.latency = new;
                 drop(s);
                 if changed {
                     let _ = self
@@ -310,7 +341,7 @@ impl Blip2Caption {
             "prompt" => s.prompt.to_value(),
             "interval" => s.interval.to_value(),
             "mode" => s.mode.to_value(),
-            "latency" => s.latency_ms.to_value(),
+            "latency" => s.latency.to_value(),
             "max-new-tokens" => s.max_new_tokens.to_value(),
             "min-new-tokens" => s.min_new_tokens.to_value(),
             "num-beams" => s.num_beams.to_value(),
