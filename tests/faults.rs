@@ -162,6 +162,16 @@ fn values_to_try(pspec: &glib::ParamSpec, fixture: &str) -> Vec<glib::Value> {
             .map(|v| v.to_value(&p.enum_class()))
             .collect();
     }
+    if pspec.value_type() == glib::Type::BOOL {
+        return vec![false.to_value(), true.to_value()];
+    }
+    if pspec.value_type() == gst::Array::static_type() {
+        // `prompts`: none, two, and the most it takes (64).
+        let prompts = |n: usize| {
+            gst::Array::new((0..n).map(|i| format!("Question: {i}? Answer:"))).to_value()
+        };
+        return vec![prompts(0), prompts(2), prompts(64)];
+    }
     if pspec.value_type() == glib::Type::STRING {
         let typical = match pspec.name() {
             "model" => fixture,
@@ -268,8 +278,10 @@ fn every_property_takes_its_minimum_middle_and_maximum_at_every_state() {
     for pspec in &writable {
         for v in values_to_try(pspec, &model) {
             el.set_property_from_value(pspec.name(), &v);
-            // Only an interval whose next boundary is out of reach stops the captions.
-            let stops_captions = pspec.name() == "interval" && v.get::<u64>().unwrap() > 0;
+            // Only an interval whose next boundary is out of reach stops the captions, and a
+            // scene threshold (the ball barely changes the picture).
+            let stops_captions = (pspec.name() == "interval" && v.get::<u64>().unwrap() > 0)
+                || (pspec.name() == "scene-threshold" && v.get::<f64>().unwrap() > 0.0);
             pump(&format!("{} = {v:?}", pspec.name()), !stops_captions);
         }
         restore(pspec.name());

@@ -1,10 +1,6 @@
 //! Several prompts per sample (`prompts`): which prompts a sample is asked, and how their answers
 //! become the one text buffer a sample puts on `text_src`.
 
-// Wired into the element with the `scene-threshold`, `merge-repeats` and `prompts` properties
-// (issue 13), once the element's text timeline (issues 9 and 10) has landed.
-#![allow(dead_code)]
-
 /// The prompts a sample is asked, in order: `prompts` when it has any, else `prompt` alone.
 pub fn effective_prompts(prompt: &str, prompts: &[String]) -> Vec<String> {
     if prompts.is_empty() {
@@ -24,23 +20,6 @@ pub fn sample_text<'a>(answers: impl IntoIterator<Item = &'a str>) -> String {
         .filter(|line| !line.is_empty())
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// What a cue must match for the next sample to extend it under `merge-repeats`: the same
-/// answers to the same prompts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CueKey {
-    prompts: Vec<String>,
-    text: String,
-}
-
-impl CueKey {
-    pub fn new(prompts: &[String], text: &str) -> Self {
-        Self {
-            prompts: prompts.to_vec(),
-            text: text.to_owned(),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -73,14 +52,5 @@ mod tests {
         // Empty answers leave no blank line.
         assert_eq!(sample_text(["", "yes", "  "]), "yes");
         assert_eq!(sample_text(["", " "]), "");
-    }
-
-    #[test]
-    fn a_cue_is_extended_only_by_the_same_answers_to_the_same_prompts() {
-        let p = strings(&["", "Question: is anyone there? Answer:"]);
-        let q = strings(&["", "Question: is it raining? Answer:"]);
-        assert_eq!(CueKey::new(&p, "a car\nno"), CueKey::new(&p, "a car\nno"));
-        assert_ne!(CueKey::new(&p, "a car\nno"), CueKey::new(&p, "a car\nyes"));
-        assert_ne!(CueKey::new(&p, "a car\nno"), CueKey::new(&q, "a car\nno"));
     }
 }

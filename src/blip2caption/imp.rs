@@ -15,6 +15,7 @@ mod model_slot;
 mod output;
 mod properties;
 mod remote;
+mod sampling;
 mod state;
 
 use std::sync::{Arc, LazyLock, Mutex};

@@ -3,10 +3,6 @@
 //! threshold, and no sooner than `interval` after the last sample (0 = no minimum). Frames inside
 //! that minimum are not even measured.
 
-// Wired into the element with the `scene-threshold`, `merge-repeats` and `prompts` properties
-// (issue 13), once the element's text timeline (issues 9 and 10) has landed.
-#![allow(dead_code)]
-
 use gst::ClockTime;
 
 use super::scene::{SceneMeter, Thumbnail};
@@ -43,12 +39,12 @@ impl SceneGate {
     }
 
     /// Decides for the frame at `running_time`; `thumbnail` measures it (called only when the
-    /// minimum interval has passed). A frame that cannot be measured is the caller's error and
+    /// minimum interval, in nanoseconds, has passed; any u64, as the `interval` property). A frame that cannot be measured is the caller's error and
     /// leaves the gate as it was.
     pub fn decide<E>(
         &mut self,
         running_time: ClockTime,
-        min_interval: ClockTime,
+        min_interval_ns: u64,
         threshold: f64,
         thumbnail: impl FnOnce() -> Result<Thumbnail, E>,
     ) -> Result<Decision, E> {
@@ -59,7 +55,8 @@ impl SceneGate {
         };
         // Running time that went back (a new segment without a flush) starts over.
         let went_back = running_time < *last_time;
-        if !went_back && running_time < last_time.saturating_add(min_interval) {
+        let next_due = last_time.nseconds().saturating_add(min_interval_ns);
+        if !went_back && running_time.nseconds() < next_due {
             return Ok(Decision::TooSoon);
         }
         let thumb = thumbnail()?;
@@ -119,7 +116,7 @@ mod tests {
             .map(|&(t, level)| {
                 let buffer = gst::Buffer::from_mut_slice(vec![(level * 255.0) as u8; 64]);
                 let d = gate
-                    .decide(ms(t), ms(min_interval_ms), threshold, || {
+                    .decide(ms(t), min_interval_ms * 1_000_000, threshold, || {
                         slot.measure(&info, &buffer)
                     })
                     .unwrap();
@@ -174,6 +171,27 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_interval_means_only_the_first_frame() {
+        let frames: Vec<(u64, f32)> = (0..5).map(|i| (i * 40, i as f32 * 0.2)).collect();
+        gst::init().unwrap();
+        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Gray8, 8, 8)
+            .build()
+            .unwrap();
+        let mut slot = MeterSlot::default();
+        let mut gate = SceneGate::default();
+        let sampled: Vec<bool> = frames
+            .iter()
+            .map(|&(t, level)| {
+                let buffer = gst::Buffer::from_mut_slice(vec![(level * 255.0) as u8; 64]);
+                gate.decide(ms(t), u64::MAX, 0.05, || slot.measure(&info, &buffer))
+                    .unwrap()
+                    .sampled()
+            })
+            .collect();
+        assert_eq!(sampled, vec![true, false, false, false, false]);
+    }
+
+    #[test]
     fn running_time_going_back_starts_over() {
         let d = run(&[(1000, 0.5), (1040, 0.5), (10, 0.5), (50, 0.5)], 500, 0.05);
         assert_eq!(sampled(&d), vec![1000, 10]);
@@ -191,13 +209,10 @@ mod tests {
                 .unwrap()
                 .thumbnail(&gst::Buffer::from_mut_slice(vec![9u8; 16]))
         };
-        assert!(gate.decide(ms(0), ms(0), 0.1, thumb).unwrap().sampled());
-        assert!(!gate.decide(ms(40), ms(0), 0.1, thumb).unwrap().sampled());
+        assert!(gate.decide(ms(0), 0, 0.1, thumb).unwrap().sampled());
+        assert!(!gate.decide(ms(40), 0, 0.1, thumb).unwrap().sampled());
         gate.reset();
-        assert_eq!(
-            gate.decide(ms(80), ms(0), 0.1, thumb).unwrap(),
-            Decision::First
-        );
+        assert_eq!(gate.decide(ms(80), 0, 0.1, thumb).unwrap(), Decision::First);
     }
 
     #[test]
@@ -211,7 +226,7 @@ mod tests {
         let short = gst::Buffer::from_mut_slice(vec![0u8; 100]);
         let mut gate = SceneGate::default();
         assert!(
-            gate.decide(ms(0), ms(0), 0.1, || slot.measure(&info, &short))
+            gate.decide(ms(0), 0, 0.1, || slot.measure(&info, &short))
                 .is_err()
         );
     }

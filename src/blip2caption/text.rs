@@ -9,6 +9,10 @@
 //!   none). The text advances with the video frame by frame, which is what elements that join
 //!   text and video need: aggregator muxers (qtmux/mp4mux) advance a subtitle track only on real
 //!   buffers, and overlays with `wait-text` hold each frame until text covers it.
+//!
+//! With `merge-repeats`, a cue whose next sample has the same text becomes one cue over both
+//! (cues only: per-frame text repeats the caption on every frame anyway). A cue then waits for
+//! the next sample's answer before it goes out.
 
 use std::collections::VecDeque;
 
@@ -67,6 +71,8 @@ pub struct TextTrack {
     position: Option<ClockTime>,
     /// Per-frame: the caption on outgoing frames, and until when (`None`: until replaced).
     shown: Option<(String, Option<ClockTime>)>,
+    /// `merge-repeats`: a cue followed by the same text extends over it.
+    merge_repeats: bool,
 }
 
 impl TextTrack {
@@ -77,12 +83,26 @@ impl TextTrack {
             next_id: 0,
             position: None,
             shown: None,
+            merge_repeats: false,
         }
     }
 
     /// Flush: everything not sent is dropped.
     pub fn reset(&mut self) {
-        *self = Self::new(self.layout);
+        *self = Self {
+            merge_repeats: self.merge_repeats,
+            ..Self::new(self.layout)
+        };
+    }
+
+    /// Sets `merge-repeats` (read at every frame, so a change applies from the next cue that
+    /// goes out). Returns the cues that were only waiting to be merged.
+    pub fn set_merge_repeats(&mut self, on: bool) -> Vec<TextItem> {
+        if self.merge_repeats == on {
+            return Vec::new();
+        }
+        self.merge_repeats = on;
+        self.flush_ready()
     }
 
     /// A frame at `pts` was sampled: the open cue ends here. Returns the new slot.
@@ -197,9 +217,24 @@ impl TextTrack {
     fn flush_ready(&mut self) -> Vec<TextItem> {
         let mut items = Vec::new();
         while let Some(slot) = self.slots.front() {
-            let (Some(end), Some(_)) = (slot.end, &slot.resolution) else {
+            let (Some(end), Some(resolution)) = (slot.end, &slot.resolution) else {
                 break;
             };
+            if self.merge_repeats
+                && let Resolution::Text(text) = resolution
+                && let Some(next) = self.slots.get(1)
+            {
+                match &next.resolution {
+                    // The next answer may repeat this one: wait for it.
+                    None => break,
+                    Some(Resolution::Text(t)) if t == text && next.start == end => {
+                        let next = self.slots.remove(1).expect("checked above");
+                        self.slots[0].end = next.end;
+                        continue;
+                    }
+                    Some(_) => (),
+                }
+            }
             let slot = self.slots.pop_front().expect("checked above");
             let start = slot.start;
             self.position = Some(end);
@@ -290,6 +325,71 @@ mod tests {
         // A stale answer (from before a flush) changes nothing.
         t.reset();
         assert!(t.resolve(a, Resolution::Text("y".into()), None).is_empty());
+    }
+
+    #[test]
+    fn merge_repeats_makes_one_cue_of_equal_answers() {
+        let mut t = TextTrack::new(Layout::Cues);
+        assert!(t.set_merge_repeats(true).is_empty());
+        let mut out = vec![];
+        // A still at 1 s intervals: five equal answers, then the stream ends at 5 s.
+        for i in 0..5 {
+            let (id, items) = t.sample(ms(i * 1000));
+            out.extend(items);
+            out.extend(t.resolve(id, Resolution::Text("car".into()), None));
+            // Frames between samples stay at the cue's start.
+            assert_eq!(t.frame(ms(i * 1000 + 500), Some(ms(500))), vec![gap(0, 0)]);
+        }
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(t.end(ms(5000)), vec![text(0, 5000, "car")]);
+    }
+
+    #[test]
+    fn merge_repeats_starts_a_new_cue_when_the_answer_changes() {
+        let mut t = TextTrack::new(Layout::Cues);
+        t.set_merge_repeats(true);
+        let mut out = vec![];
+        let answers = ["a", "a", "b", "b", "b", "a"];
+        for (i, answer) in answers.iter().enumerate() {
+            let (id, items) = t.sample(ms(i as u64 * 1000));
+            out.extend(items);
+            out.extend(t.resolve(id, Resolution::Text(answer.to_string()), None));
+        }
+        // "a" goes out once "b" is known, "b" once the second "a" is.
+        assert_eq!(out, vec![text(0, 2000, "a"), text(2000, 3000, "b")]);
+        assert_eq!(t.end(ms(6500)), vec![text(5000, 1500, "a")]);
+    }
+
+    #[test]
+    fn merge_repeats_waits_for_late_answers_and_never_bridges_a_gap() {
+        let mut t = TextTrack::new(Layout::Cues);
+        t.set_merge_repeats(true);
+        let (a, _) = t.sample(ms(0));
+        let (b, _) = t.sample(ms(1000));
+        let (c, _) = t.sample(ms(2000));
+        let (d, _) = t.sample(ms(3000));
+        assert!(t.resolve(a, Resolution::Text("x".into()), None).is_empty());
+        // b is not answered yet: a waits even though c is.
+        assert!(t.resolve(c, Resolution::Text("x".into()), None).is_empty());
+        // b was dropped: no cue bridges its span, c starts afresh.
+        assert_eq!(
+            t.resolve(b, Resolution::Lost, None),
+            vec![text(0, 1000, "x"), gap(1000, 1000)]
+        );
+        assert_eq!(
+            t.resolve(d, Resolution::Nothing, None),
+            vec![text(2000, 1000, "x")]
+        );
+        let (e, out) = t.sample(ms(4000));
+        assert_eq!(out, vec![gap(3000, 1000)]);
+        assert!(t.resolve(e, Resolution::Text("y".into()), None).is_empty());
+        // e waits for the next answer, and the text pad stays at its start meanwhile.
+        let (_f, out) = t.sample(ms(5000));
+        assert!(out.is_empty());
+        assert_eq!(t.frame(ms(5000), Some(ms(40))), vec![gap(4000, 0)]);
+        // Turning merging off lets the waiting cue go at once.
+        assert_eq!(t.set_merge_repeats(false), vec![text(4000, 1000, "y")]);
+        assert_eq!(t.end(ms(6000)), vec![gap(5000, 1000)]);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::super::convert::ToRgb;
 use super::super::timeline::caption_duration;
 use super::model_slot::NotReady;
 use super::properties::Settings;
-use super::state::{FrameTimes, Held, Sample};
+use super::state::{Asked, FrameTimes, Held, Sample};
 use super::{Blip2Caption, CAT, lock};
 use crate::engine::{Request, WaitError};
 
@@ -29,6 +29,10 @@ impl Blip2Caption {
         lock(&self.stats).frames_seen += 1;
         let realtime = self.realtime(&settings);
         let times = self.frame_times(&buffer);
+        let merged = lock(&self.state)
+            .text
+            .set_merge_repeats(settings.sampling.merge_repeats);
+        self.push_text(merged);
 
         // Realtime: captions finished since the last frame are emitted now, their meta rides
         // on this frame.
@@ -80,52 +84,55 @@ impl Blip2Caption {
         combiner.update_pad_flow(&self.srcpad, res)
     }
 
-    /// Lets held frames leave in order: each sampled frame once its caption is back (with the
-    /// caption's meta), the frames after it behind it. Blocks for the oldest caption while
+    /// Lets held frames leave in order: each sampled frame once its captions are back (with
+    /// their meta), the frames after it behind it. Blocks for the oldest sample's answers while
     /// `window` or more samples are in flight (the window is full; 0: until every frame left).
     pub(super) fn release_held(&self, window: usize) -> Result<gst::FlowSuccess, gst::FlowError> {
         let mut flow = Ok(gst::FlowSuccess::Ok);
         loop {
-            let (ticket, in_flight) = {
-                let state = lock(&self.state);
-                let Some(front) = state.held.front() else {
-                    return flow;
+            // Collect what is back for the oldest frame's sample; wait only when the window is
+            // full.
+            let complete = loop {
+                let (missing, in_flight) = {
+                    let state = lock(&self.state);
+                    let Some(front) = state.held.front() else {
+                        return flow;
+                    };
+                    let in_flight = state.held.iter().filter(|h| h.sample.is_some()).count();
+                    (front.sample.as_ref().and_then(Asked::missing), in_flight)
                 };
-                let in_flight = state.held.iter().filter(|h| h.sample.is_some()).count();
-                (front.sample.as_ref().map(|(t, _)| *t), in_flight)
-            };
-            let outcome = match ticket {
-                None => None,
-                Some(ticket) => {
-                    let client = self.client().ok_or(gst::FlowError::Flushing)?;
-                    match client.try_take(ticket) {
-                        Some(outcome) => Some(outcome),
-                        None if in_flight < window => return flow,
-                        None => match client.wait_for(ticket) {
-                            Ok(outcome) => Some(outcome),
-                            Err(WaitError::Interrupted) => {
-                                gst::debug!(
-                                    CAT,
-                                    imp = self,
-                                    "flushing while waiting for the model"
-                                );
-                                return Err(gst::FlowError::Flushing);
-                            }
-                            Err(WaitError::Unknown) => None,
-                        },
-                    }
+                let Some(ticket) = missing else {
+                    break true;
+                };
+                let client = self.client().ok_or(gst::FlowError::Flushing)?;
+                let outcome = match client.try_take(ticket) {
+                    Some(outcome) => outcome,
+                    None if in_flight < window => return flow,
+                    None => match client.wait_for(ticket) {
+                        Ok(outcome) => outcome,
+                        Err(WaitError::Interrupted) => {
+                            gst::debug!(CAT, imp = self, "flushing while waiting for the model");
+                            return Err(gst::FlowError::Flushing);
+                        }
+                        // Cancelled under us (stopping): no caption, no cue.
+                        Err(WaitError::Unknown) => break false,
+                    },
+                };
+                let mut state = lock(&self.state);
+                if let Some(asked) = state.held.front_mut().and_then(|h| h.sample.as_mut()) {
+                    let _ = asked.file(outcome);
                 }
             };
             let Some(mut held) = lock(&self.state).held.pop_front() else {
                 return flow;
             };
-            match (held.sample.take(), outcome) {
-                (Some((_, sample)), Some(outcome)) => {
-                    self.emit(&sample, outcome, Some(&mut held.buffer), false, None)?
+            if let Some(asked) = held.sample.take() {
+                match asked.answers() {
+                    Ok((sample, outcomes)) if complete => {
+                        self.emit(&sample, outcomes, Some(&mut held.buffer), false, None)?
+                    }
+                    Ok((sample, _)) | Err(sample) => self.resolve_lost(&sample),
                 }
-                // Cancelled under us (stopping): no caption, no cue.
-                (Some((_, sample)), None) => self.resolve_lost(&sample),
-                (None, _) => (),
             }
             flow = self.send_frame(held.buffer, held.times);
             flow?;
@@ -184,8 +191,9 @@ impl Blip2Caption {
         }
     }
 
-    /// Takes a sample from this frame when one is due: converts it, hands it to the model and
-    /// returns what identifies it (`None` when not due, or dropped in realtime mode).
+    /// Takes a sample from this frame when one is due: converts it, hands it to the model (one
+    /// request per prompt, in one group) and returns it (`None` when not due, or dropped in
+    /// realtime mode).
     fn maybe_sample(
         &self,
         settings: &Settings,
@@ -193,26 +201,32 @@ impl Blip2Caption {
         times: &FrameTimes,
         rt: gst::ClockTime,
         realtime: bool,
-    ) -> Result<Option<(crate::engine::Ticket, Sample)>, gst::FlowError> {
-        let duration = {
-            let mut state = lock(&self.state);
-            if !state.sampler.should_sample(rt, settings.interval) {
-                return Ok(None);
-            }
-            let next = state.sampler.next_boundary(settings.interval);
-            caption_duration(rt, next, times.duration)
+    ) -> Result<Option<Asked>, gst::FlowError> {
+        let Some(duration) = self.due(settings, buffer, times, rt) else {
+            return Ok(None);
         };
         let Some(image) = self.convert(buffer)? else {
             return Ok(None);
         };
         self.warn_token_conflict(settings);
-        let request = Request {
-            image,
-            prompt: settings.prompt.clone(),
-            params: settings.params(),
-            max_batch: settings.max_batch.max(1) as usize,
-            retry_transient: !realtime,
-        };
+        let prompts = settings.sampling.prompts(&settings.prompt);
+        let mut image = Some(image);
+        let requests: Vec<Request> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, prompt)| Request {
+                // Each request owns its image: the last one takes it, the others a copy.
+                image: if i + 1 == prompts.len() {
+                    image.take().expect("taken once, by the last request")
+                } else {
+                    image.clone().expect("present until the last request")
+                },
+                prompt: prompt.clone(),
+                params: settings.params(),
+                max_batch: settings.max_batch.max(1) as usize,
+                retry_transient: !realtime,
+            })
+            .collect();
         let client = if realtime {
             self.model.client()
         } else {
@@ -252,29 +266,93 @@ impl Blip2Caption {
             return Ok(None);
         };
         if !realtime {
-            return Ok(Some((client.submit(request), sample)));
+            let (tickets, _) = client.submit_group(requests, false);
+            return Ok(Some(Asked::new(sample, tickets)));
         }
-        let (ticket, replaced) = client.submit_replacing(request);
+        let (tickets, replaced) = client.submit_group(requests, true);
+        // There is always at least one prompt (`prompt` when `prompts` is empty).
+        let Some(&key) = tickets.first() else {
+            return Ok(None);
+        };
         let mut state = lock(&self.state);
-        let dropped: Vec<Sample> = replaced
+        let gone: Vec<crate::engine::Ticket> = state
+            .pending
             .iter()
-            .filter_map(|t| state.pending.remove(t))
+            .filter(|(_, asked)| replaced.iter().any(|&t| asked.has(t)))
+            .map(|(&key, _)| key)
             .collect();
-        state.pending.insert(ticket, sample);
+        let dropped: Vec<Sample> = gone
+            .iter()
+            .filter_map(|key| state.pending.remove(key))
+            .map(|asked| asked.sample)
+            .collect();
+        state
+            .pending
+            .insert(tickets[0], Asked::new(sample, tickets));
         drop(state);
-        if !replaced.is_empty() {
+        if !dropped.is_empty() {
             gst::debug!(
                 CAT,
                 imp = self,
                 "model busy, dropped {} sample(s)",
-                replaced.len()
+                dropped.len()
             );
-            lock(&self.stats).samples_dropped += replaced.len() as u64;
+            lock(&self.stats).samples_dropped += dropped.len() as u64;
         }
         for sample in &dropped {
             self.resolve_lost(sample);
         }
         Ok(None)
+    }
+
+    /// Whether this frame is due for a sample, and if so how long its caption is expected to
+    /// last (`Some(None)`: until the next sample, whenever that comes).
+    fn due(
+        &self,
+        settings: &Settings,
+        buffer: &gst::Buffer,
+        times: &FrameTimes,
+        rt: gst::ClockTime,
+    ) -> Option<Option<gst::ClockTime>> {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        let threshold = settings.sampling.scene_threshold;
+        if threshold <= 0.0 {
+            if !state.sampler.should_sample(rt, settings.interval) {
+                return None;
+            }
+            let next = state.sampler.next_boundary(settings.interval);
+            return Some(caption_duration(rt, next, times.duration));
+        }
+        // Scene changes: only frames past the minimum interval are measured, and only sampled
+        // frames are converted.
+        let info = state.video_info.as_ref()?;
+        let meter = &mut state.scene_meter;
+        let decision = state
+            .scene_gate
+            .decide(rt, settings.interval, threshold, || {
+                meter.measure(info, buffer)
+            });
+        match decision {
+            Ok(decision) => {
+                gst::log!(CAT, imp = self, "scene at {}: {:?}", times.pts, decision);
+                decision.sampled().then_some(None)
+            }
+            Err(e) => {
+                let first = !std::mem::replace(&mut state.scene_warned, true);
+                drop(guard);
+                if first {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::StreamError::Decode,
+                        ("Could not read a frame for scene-threshold: {}", e)
+                    );
+                } else {
+                    gst::debug!(CAT, imp = self, "scene measure failed again: {e}");
+                }
+                None
+            }
+        }
     }
 
     /// The sampled frame as packed RGB; `None` (with a warning) when it cannot be read.

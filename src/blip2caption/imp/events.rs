@@ -63,6 +63,7 @@ impl Blip2Caption {
                     let mut state = lock(&self.state);
                     state.video_info = Some(info);
                     state.to_rgb = None;
+                    state.scene_meter.invalidate();
                 }
                 // Text caps go out early: matroskamux waits for caps on every pad.
                 self.ensure_text_caps();
@@ -183,6 +184,7 @@ impl Blip2Caption {
         // Frames held for their captions are dropped with them.
         state.held.clear();
         state.sampler.reset();
+        state.scene_gate.reset();
         state.next_pts = None;
         state.last_frame_end = None;
         state.text.reset();

@@ -34,8 +34,14 @@ pub(super) fn describe(error: &CaptionError, settings: &Settings, prompt: &str) 
             // The last new token is never fed back, so it needs no position.
             let room = (max_positions + 1).saturating_sub(*prompt_positions);
             let blame = if prompt_positions > max_positions {
+                let property = if settings.sampling.prompts.is_empty() {
+                    "prompt"
+                } else {
+                    "prompts"
+                };
                 format!(
-                    "the prompt (property `prompt`, {} characters) is too long for this model",
+                    "the prompt (property `{property}`, {} characters) is too long for this \
+                     model",
                     prompt.chars().count()
                 )
             } else if settings.min_new_tokens as usize > room {

@@ -7,11 +7,12 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
+use super::super::answers::sample_text;
 use super::super::published::{self, Answer};
 use super::super::text::{Layout, Resolution, TextItem, TextTrack};
 use super::super::{META_NAME, TextMode, downstream};
 use super::failure;
-use super::state::Sample;
+use super::state::{Asked, Sample};
 use super::{Blip2Caption, CAT, lock};
 use crate::engine::{Outcome, WaitError};
 
@@ -19,8 +20,8 @@ use crate::engine::{Outcome, WaitError};
 const LATENCY_STEP_MS: u64 = 100;
 
 impl Blip2Caption {
-    /// Emits every caption that is ready (realtime); its meta goes on `frame` (the buffer that
-    /// is about to leave, at the given PTS) when there is one.
+    /// Emits every sample whose answers are all back (realtime); its meta goes on `frame` (the
+    /// buffer that is about to leave, at the given PTS) when there is one.
     pub(super) fn emit_ready(
         &self,
         mut frame: Option<(&mut gst::Buffer, gst::ClockTime)>,
@@ -29,14 +30,30 @@ impl Blip2Caption {
             return Ok(());
         };
         for outcome in client.take_ready() {
-            let sample = lock(&self.state).pending.remove(&outcome.ticket);
-            // Unknown tickets belong to samples from before a flush.
-            if let Some(sample) = sample {
+            if let Some(asked) = self.file_answer(outcome) {
+                let (sample, outcomes) = asked.answers().expect("complete");
                 let frame = frame.as_mut().map(|(b, pts)| (&mut **b, *pts));
-                self.emit_realtime(&sample, outcome, frame)?;
+                self.emit_realtime(&sample, outcomes, frame)?;
             }
         }
         Ok(())
+    }
+
+    /// Files a realtime answer with its sample; returns the sample once all its answers are
+    /// back. Answers for unknown samples (from before a flush) are dropped.
+    fn file_answer(&self, outcome: Outcome) -> Option<Asked> {
+        let mut state = lock(&self.state);
+        let key = state
+            .pending
+            .iter()
+            .find(|(_, asked)| asked.has(outcome.ticket))
+            .map(|(&key, _)| key)?;
+        let asked = state.pending.get_mut(&key).expect("found above");
+        let _ = asked.file(outcome);
+        if asked.missing().is_some() {
+            return None;
+        }
+        state.pending.remove(&key)
     }
 
     /// Waits for every outstanding sample (EOS, segment change), emitting them in order.
@@ -50,21 +67,37 @@ impl Blip2Caption {
         };
         loop {
             self.emit_ready(None)?;
-            let next = lock(&self.state).pending.keys().next().copied();
-            let Some(ticket) = next else {
+            let next = {
+                let state = lock(&self.state);
+                state
+                    .pending
+                    .iter()
+                    .next()
+                    .map(|(&key, asked)| (key, asked.missing()))
+            };
+            let Some((key, missing)) = next else {
                 return Ok(());
+            };
+            let Some(ticket) = missing else {
+                // `emit_ready` emits samples as they complete; none is left complete here, but
+                // one would go out rather than loop.
+                let asked = lock(&self.state).pending.remove(&key);
+                if let Some(Ok((sample, outcomes))) = asked.map(Asked::answers) {
+                    self.emit_realtime(&sample, outcomes, None)?;
+                }
+                continue;
             };
             match client.wait_for(ticket) {
                 Ok(outcome) => {
-                    let sample = lock(&self.state).pending.remove(&ticket);
-                    if let Some(sample) = sample {
-                        self.emit_realtime(&sample, outcome, None)?;
+                    if let Some(asked) = self.file_answer(outcome) {
+                        let (sample, outcomes) = asked.answers().expect("complete");
+                        self.emit_realtime(&sample, outcomes, None)?;
                     }
                 }
                 Err(WaitError::Interrupted) => return Err(gst::FlowError::Flushing),
                 Err(WaitError::Unknown) => {
-                    if let Some(sample) = lock(&self.state).pending.remove(&ticket) {
-                        self.resolve_lost(&sample);
+                    if let Some(asked) = lock(&self.state).pending.remove(&key) {
+                        self.resolve_lost(&asked.sample);
                     }
                 }
             }
@@ -76,7 +109,7 @@ impl Blip2Caption {
     fn emit_realtime(
         &self,
         sample: &Sample,
-        outcome: Outcome,
+        outcomes: Vec<Outcome>,
         frame: Option<(&mut gst::Buffer, gst::ClockTime)>,
     ) -> Result<(), gst::FlowError> {
         let (buffer, shown_from) = match frame {
@@ -100,96 +133,89 @@ impl Blip2Caption {
             }
         }
         let until = sample.duration.map(|d| shown_from.saturating_add(d));
-        self.emit(sample, outcome, buffer, true, until)
+        self.emit(sample, outcomes, buffer, true, until)
     }
 
-    /// Sends one caption out in its forms: meta on `buffer`, bus message, and its place on the
-    /// text timeline (`until`: how long per-frame text shows it; `None` = until replaced).
+    /// Sends one sample's answers (one per prompt, in order) out in their forms: meta on
+    /// `buffer`, one bus message per answer, and the sample's place on the text timeline
+    /// (`until`: how long per-frame text shows it; `None` = until replaced).
     pub(super) fn emit(
         &self,
         sample: &Sample,
-        outcome: Outcome,
+        outcomes: Vec<Outcome>,
         buffer: Option<&mut gst::Buffer>,
         realtime: bool,
         until: Option<gst::ClockTime>,
     ) -> Result<(), gst::FlowError> {
-        self.record_inference(outcome.inference_time);
-        let caption = match outcome.result {
-            Ok(caption) => caption,
-            Err(e) => {
-                lock(&self.stats).inference_failures += 1;
-                let settings = lock(&self.settings).clone();
-                let mut failure = failure::describe(&e, &settings, &outcome.prompt);
-                failure.text = format!(
-                    "Captioning the frame at {} failed: {}",
-                    sample.pts, failure.text
-                );
-                if realtime && !failure::never_recovers(&e) {
-                    self.resolve_lost(sample);
-                    // Live video keeps flowing; one failed sample is not worth stopping for.
-                    // The same failure again and again is posted once (until a caption
-                    // succeeds), so a pipeline running for days does not flood the bus.
-                    let key = e.to_string();
-                    let repeated = {
-                        let mut state = lock(&self.state);
-                        let repeated = state.last_failure.as_deref() == Some(key.as_str());
-                        state.last_failure = Some(key);
-                        repeated
-                    };
-                    if repeated {
-                        gst::debug!(CAT, imp = self, "{} (again)", failure.text);
-                    } else {
-                        self.post_failure(&failure, &e, false);
-                    }
-                    return Ok(());
+        // The answers come from one model call: one inference, one time.
+        let inference_time = outcomes
+            .iter()
+            .map(|o| o.inference_time)
+            .max()
+            .unwrap_or_default();
+        self.record_inference(inference_time);
+        let mut answers = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            match outcome.result {
+                Ok(caption) => {
+                    let text = clean_text(&caption.text);
+                    answers.push((outcome, caption.token_ids.len() as u32, text));
                 }
-                // Complete mode promised a caption for every sample; a server that refuses the
-                // request (4xx) will refuse the next ones too.
-                self.post_failure(&failure, &e, true);
-                return Err(gst::FlowError::Error);
+                // One failed answer fails the sample: its text would be incomplete.
+                Err(e) => return self.emit_failure(sample, e, &outcome.prompt, realtime),
             }
-        };
+        }
         lock(&self.state).last_failure = None;
-        let text = clean_text(&caption.text);
 
         let element = self.obj().name();
         let model = lock(&self.loaded_model).clone();
-        let answer = Answer {
-            element: &element,
-            model: &model,
-            prompt: &outcome.prompt,
-            text: &text,
-            pts: sample.pts,
-            running_time: Some(sample.running_time),
-            stream_time: sample.stream_time,
-            duration: sample.duration,
-            tokens: caption.token_ids.len() as u32,
-            inference_time: outcome.inference_time,
-            batch_size: outcome.batch_size as u32,
-        };
-        gst::debug!(
-            CAT,
-            imp = self,
-            "answer for {} (running time {}): {:?}, {} tokens, inference {:.1?} in a batch of {}",
-            sample.pts,
-            sample.running_time,
-            text,
-            answer.tokens,
-            outcome.inference_time,
-            outcome.batch_size
-        );
-        if let Some(buffer) = buffer
-            && let Err(e) = published::attach(buffer.make_mut(), &answer)
-        {
-            gst::warning!(CAT, imp = self, "cannot add {META_NAME}: {e}");
+        let mut buffer = buffer;
+        // One meta entry and one message per prompt, in the order of `prompts`.
+        for (outcome, tokens, text) in &answers {
+            let answer = Answer {
+                element: &element,
+                model: &model,
+                prompt: &outcome.prompt,
+                text,
+                pts: sample.pts,
+                running_time: Some(sample.running_time),
+                stream_time: sample.stream_time,
+                duration: sample.duration,
+                tokens: *tokens,
+                inference_time: outcome.inference_time,
+                batch_size: outcome.batch_size as u32,
+            };
+            gst::debug!(
+                CAT,
+                imp = self,
+                "answer for {} (running time {}) to {:?}: {:?}, {} tokens, inference {:.1?} in a \
+                 batch of {}",
+                sample.pts,
+                sample.running_time,
+                outcome.prompt,
+                text,
+                answer.tokens,
+                outcome.inference_time,
+                outcome.batch_size
+            );
+            if let Some(buffer) = buffer.as_deref_mut()
+                && let Err(e) = published::attach(buffer.make_mut(), &answer)
+            {
+                gst::warning!(CAT, imp = self, "cannot add {META_NAME}: {e}");
+            }
+            let _ = self.obj().post_message(
+                gst::message::Element::builder(answer.to_message())
+                    .src(&*self.obj())
+                    .build(),
+            );
         }
-        let _ = self.obj().post_message(
-            gst::message::Element::builder(answer.to_message())
-                .src(&*self.obj())
-                .build(),
-        );
-        lock(&self.stats).captions_emitted += 1;
+        lock(&self.stats).captions_emitted += answers.len() as u64;
 
+        // One prompt: its answer as it is. Several: one line each, in prompt order.
+        let text = match answers.as_slice() {
+            [(_, _, text)] => text.clone(),
+            _ => sample_text(answers.iter().map(|(_, _, t)| t.as_str())),
+        };
         let resolution = if text.is_empty() {
             Resolution::Nothing
         } else {
@@ -200,6 +226,47 @@ impl Blip2Caption {
             .resolve(sample.slot, resolution, until);
         self.push_text(items);
         Ok(())
+    }
+
+    /// A sample whose model call failed: an error in complete mode (it promised a caption for
+    /// every sample), a warning in realtime mode.
+    fn emit_failure(
+        &self,
+        sample: &Sample,
+        e: crate::engine::CaptionError,
+        prompt: &str,
+        realtime: bool,
+    ) -> Result<(), gst::FlowError> {
+        lock(&self.stats).inference_failures += 1;
+        let settings = lock(&self.settings).clone();
+        let mut failure = failure::describe(&e, &settings, prompt);
+        failure.text = format!(
+            "Captioning the frame at {} failed: {}",
+            sample.pts, failure.text
+        );
+        if realtime && !failure::never_recovers(&e) {
+            self.resolve_lost(sample);
+            // Live video keeps flowing; one failed sample is not worth stopping for.
+            // The same failure again and again is posted once (until a caption
+            // succeeds), so a pipeline running for days does not flood the bus.
+            let key = e.to_string();
+            let repeated = {
+                let mut state = lock(&self.state);
+                let repeated = state.last_failure.as_deref() == Some(key.as_str());
+                state.last_failure = Some(key);
+                repeated
+            };
+            if repeated {
+                gst::debug!(CAT, imp = self, "{} (again)", failure.text);
+            } else {
+                self.post_failure(&failure, &e, false);
+            }
+            return Ok(());
+        }
+        // Complete mode promised a caption for every sample; a server that refuses the
+        // request (4xx) will refuse the next ones too.
+        self.post_failure(&failure, &e, true);
+        Err(gst::FlowError::Error)
     }
 
     /// A sample that will never have a caption (dropped or failed): its span has no cue.

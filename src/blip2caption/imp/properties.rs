@@ -8,6 +8,7 @@ use gst::subclass::prelude::*;
 
 use super::super::{DType, Mode, TextMode};
 use super::remote::{self, RemoteSettings};
+use super::sampling::{self, SamplingSettings};
 use super::{Blip2Caption, CAT, lock};
 use crate::model::{DTypeChoice, DeviceChoice, GenerationParams};
 
@@ -40,6 +41,7 @@ pub(super) struct Settings {
     pub(super) max_batch: u32,
     pub(super) remote: RemoteSettings,
     pub(super) text_mode: TextMode,
+    pub(super) sampling: SamplingSettings,
 }
 
 impl Default for Settings {
@@ -60,6 +62,7 @@ impl Default for Settings {
             max_batch: DEFAULT_MAX_BATCH,
             remote: RemoteSettings::default(),
             text_mode: TextMode::Auto,
+            sampling: SamplingSettings::default(),
         }
     }
 }
@@ -259,6 +262,14 @@ pub(super) fn specs() -> &'static [glib::ParamSpec] {
         ];
         // The backend's properties right after `model`, which they qualify.
         props.splice(1..1, remote::specs());
+        // The sampling properties next to those they work with.
+        for (after, spec) in sampling::specs() {
+            let at = props
+                .iter()
+                .position(|p| p.name() == after)
+                .map_or(props.len(), |i| i + 1);
+            props.insert(at, spec);
+        }
         props
     });
     PROPS.as_ref()
@@ -281,6 +292,17 @@ impl Blip2Caption {
         let mut s = lock(&self.settings);
         if remote::is_remote_property(pspec.name()) {
             return remote::set(&mut s.remote, pspec.name(), value);
+        }
+        if sampling::is_sampling_property(pspec.name()) {
+            let res = sampling::set(&mut s.sampling, pspec.name(), value);
+            drop(s);
+            match res {
+                Ok(()) => gst::info!(CAT, imp = self, "{} changed", pspec.name()),
+                Err(message) => {
+                    gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", message))
+                }
+            }
+            return;
         }
         match pspec.name() {
             "model" => s.model = value.get::<Option<String>>().unwrap().unwrap_or_default(),
@@ -335,6 +357,9 @@ impl Blip2Caption {
         let s = lock(&self.settings);
         if remote::is_remote_property(pspec.name()) {
             return remote::get(&s.remote, pspec.name());
+        }
+        if sampling::is_sampling_property(pspec.name()) {
+            return sampling::get(&s.sampling, pspec.name());
         }
         match pspec.name() {
             "model" => s.model.to_value(),

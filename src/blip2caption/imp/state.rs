@@ -4,9 +4,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use super::super::convert::ToRgb;
+use super::super::scene_gate::{MeterSlot, SceneGate};
 use super::super::text::{Layout, SlotId, TextTrack};
 use super::super::timeline::Sampler;
-use crate::engine::Ticket;
+use crate::engine::{Outcome, Ticket};
 
 #[derive(Debug, Default, Clone)]
 pub(super) struct Stats {
@@ -56,6 +57,58 @@ pub(super) struct Sample {
     pub(super) slot: SlotId,
 }
 
+/// A sample handed to the model as one request per prompt, and the answers as they come back.
+#[derive(Debug)]
+pub(super) struct Asked {
+    pub(super) sample: Sample,
+    tickets: Vec<Ticket>,
+    outcomes: Vec<Option<Outcome>>,
+}
+
+impl Asked {
+    pub(super) fn new(sample: Sample, tickets: Vec<Ticket>) -> Self {
+        let outcomes = tickets.iter().map(|_| None).collect();
+        Self {
+            sample,
+            tickets,
+            outcomes,
+        }
+    }
+
+    pub(super) fn has(&self, ticket: Ticket) -> bool {
+        self.tickets.contains(&ticket)
+    }
+
+    /// Files `outcome` if it answers one of this sample's requests, else hands it back.
+    pub(super) fn file(&mut self, outcome: Outcome) -> Result<(), Outcome> {
+        match self.tickets.iter().position(|&t| t == outcome.ticket) {
+            Some(i) => {
+                self.outcomes[i] = Some(outcome);
+                Ok(())
+            }
+            None => Err(outcome),
+        }
+    }
+
+    /// The first request still without an answer.
+    pub(super) fn missing(&self) -> Option<Ticket> {
+        self.tickets
+            .iter()
+            .zip(&self.outcomes)
+            .find(|(_, o)| o.is_none())
+            .map(|(t, _)| *t)
+    }
+
+    /// Every answer, in prompt order, once all are back.
+    pub(super) fn answers(self) -> Result<(Sample, Vec<Outcome>), Sample> {
+        if self.missing().is_some() {
+            return Err(self.sample);
+        }
+        let outcomes = self.outcomes.into_iter().flatten().collect();
+        Ok((self.sample, outcomes))
+    }
+}
+
 /// Where a video frame sits on the timeline.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct FrameTimes {
@@ -72,7 +125,7 @@ pub(super) struct FrameTimes {
 pub(super) struct Held {
     pub(super) buffer: gst::Buffer,
     pub(super) times: FrameTimes,
-    pub(super) sample: Option<(Ticket, Sample)>,
+    pub(super) sample: Option<Asked>,
 }
 
 /// Streaming state, reset on flushes and stream starts.
@@ -81,11 +134,16 @@ pub(super) struct State {
     pub(super) to_rgb: Option<ToRgb>,
     pub(super) segment: gst::FormattedSegment<gst::ClockTime>,
     pub(super) sampler: Sampler,
+    /// `scene-threshold`: the last sampled picture, and the measure for these caps.
+    pub(super) scene_gate: SceneGate,
+    pub(super) scene_meter: MeterSlot,
+    /// A frame the scene measure could not read was warned about (once per stream).
+    pub(super) scene_warned: bool,
     pub(super) text: TextTrack,
     /// Whether `text`'s layout has been chosen for this stream (at the first text caps).
     pub(super) text_layout_chosen: bool,
-    /// Samples submitted and not answered yet, by ticket (realtime mode).
-    pub(super) pending: BTreeMap<Ticket, Sample>,
+    /// Samples submitted and not fully answered yet, by their first ticket (realtime mode).
+    pub(super) pending: BTreeMap<Ticket, Asked>,
     /// Frames waiting for their captions, oldest first (complete mode).
     pub(super) held: VecDeque<Held>,
     /// Where the last frame that went out ended: the end of the stream at EOS.
@@ -108,6 +166,9 @@ impl Default for State {
             to_rgb: None,
             segment: gst::FormattedSegment::new(),
             sampler: Sampler::default(),
+            scene_gate: SceneGate::default(),
+            scene_meter: MeterSlot::default(),
+            scene_warned: false,
             text: TextTrack::new(Layout::Cues),
             text_layout_chosen: false,
             pending: BTreeMap::new(),
