@@ -256,6 +256,72 @@ fn merge_repeats_starts_a_new_cue_when_the_answer_changes() {
     );
 }
 
+/// A still of 5 s (10 fps, one sample per second) with `merge-repeats`, its text pad into
+/// `consumer` (a gst-launch tail after `c.text_src`, with the video branch given by `video`).
+fn merged_still_into(tag: &str, props: &str, video: &str, consumer: &str) -> Run {
+    let model = install(&format!("merge-into-{tag}"), Fake::new(0));
+    let p = pipeline(&format!(
+        "videotestsrc pattern=solid-color foreground-color=0xff663399 num-buffers=50 \
+         ! video/x-raw,format=I420,width=64,height=48,framerate=10/1 \
+         ! blip2caption name=c model={model} interval=1000000000 merge-repeats=true {props} \
+         {video} c.text_src ! {consumer}"
+    ));
+    let run = run_to_eos(&p, Duration::from_secs(60));
+    assert!(run.errors.is_empty(), "{tag}: {:?}", run.errors);
+    assert_eq!(run.captions.len(), 5, "{tag}: a message per sample");
+    run
+}
+
+/// merge-repeats in both text layouts: with cues (what `auto` picks for srtenc, tested above)
+/// webvttenc gets one 0-5 s cue; with per-frame text (what `auto` picks for muxers, whose
+/// subtitle track must advance frame by frame or they hang) every frame carries the same
+/// caption, so the track shows one caption from 0 to 5 s without a break, as without merging.
+#[test]
+fn merge_repeats_keeps_one_cue_in_both_text_modes() {
+    init();
+    let encoder = "! queue ! x264enc speed-preset=ultrafast tune=zerolatency ! m.video_0";
+
+    let vtt = scratch("merge-vtt").join("out.vtt");
+    let run = merged_still_into(
+        "vtt",
+        "text-mode=cues",
+        "! fakesink sync=false",
+        &format!("webvttenc ! filesink location={}", vtt.display()),
+    );
+    let text = run.captions[0].get::<String>("text").unwrap();
+    let vtt = std::fs::read_to_string(&vtt).unwrap();
+    assert_eq!(vtt.matches(" --> ").count(), 1, "{vtt}");
+    assert!(
+        vtt.contains(&format!("00:00:00.000 --> 00:00:05.000\n{text}\n")),
+        "{vtt}"
+    );
+
+    for (tag, props, mux, demux) in [
+        ("mp4-auto", "", "mp4mux", "qtdemux"),
+        ("mp4-per-frame", "text-mode=per-frame", "mp4mux", "qtdemux"),
+        ("mkv-auto", "", "matroskamux", "matroskademux"),
+    ] {
+        let file = scratch(&format!("merge-{tag}")).join("out");
+        let run = merged_still_into(
+            tag,
+            props,
+            encoder,
+            &format!(
+                "queue ! m.subtitle_0 {mux} name=m ! filesink location={}",
+                file.display()
+            ),
+        );
+        let text = run.captions[0].get::<String>("text").unwrap();
+        let samples = demux_subtitles(demux, &file);
+        assert_eq!(samples.len(), 50, "{tag}: one subtitle sample per frame");
+        assert_eq!(
+            merge_cues(&samples),
+            vec![(0, 5 * SEC, text)],
+            "{tag}: one caption shown without a break"
+        );
+    }
+}
+
 /// Records every model call: (number of entries, their prompts). Answers "<prompt>|<mean>".
 #[derive(Default)]
 struct Recorder {
@@ -396,6 +462,40 @@ fn prompts_in_realtime_mode() {
         assert_eq!(lines.len(), 2, "{t:?}");
         assert!(lines[0].starts_with("a:mean ") && lines[1].starts_with("b:mean "));
     }
+}
+
+/// Per-frame text (muxers, overlays) with several prompts: every frame carries its sample's
+/// answers, one per line in prompt order, until the next sample.
+#[test]
+fn prompts_on_per_frame_text() {
+    init();
+    let model = install("prompts-per-frame", Fake::new(0));
+    let frames: Vec<Vec<u8>> = (0..20).map(|i| picture([0, 3][i / 10])).collect();
+    let p = appsrc_pipeline(
+        frames,
+        &format!(
+            "model={model} text-mode=per-frame interval=1000000000 \
+             prompts=\"<\\\"a:\\\", \\\"b:\\\">\""
+        ),
+    );
+    let text = collect(&p, "t");
+    let run = run_to_eos(&p, Duration::from_secs(30));
+    assert!(run.errors.is_empty(), "{:?}", run.errors);
+    assert_eq!(run.captions.len(), 4, "two samples, two prompts each");
+    let got = cues(&text.lock().unwrap());
+    assert_eq!(got.len(), 20, "one text buffer per frame");
+    for (i, (pts, duration, text)) in got.iter().enumerate() {
+        assert_eq!((*pts, *duration), (i as u64 * SEC / FPS, SEC / FPS));
+        let sample = i / 10;
+        let a = run.captions[2 * sample].get::<&str>("text").unwrap();
+        let b = run.captions[2 * sample + 1].get::<&str>("text").unwrap();
+        assert!(
+            a.starts_with("a:mean ") && b.starts_with("b:mean "),
+            "{a} {b}"
+        );
+        assert_eq!(text, &format!("{a}\n{b}"), "frame {i}");
+    }
+    assert_ne!(got[0].2, got[10].2, "the second scene answers differently");
 }
 
 #[test]

@@ -279,16 +279,14 @@ impl Blip2Caption {
             .pending
             .iter()
             .filter(|(_, asked)| replaced.iter().any(|&t| asked.has(t)))
-            .map(|(&key, _)| key)
+            .map(|(&k, _)| k)
             .collect();
         let dropped: Vec<Sample> = gone
             .iter()
-            .filter_map(|key| state.pending.remove(key))
+            .filter_map(|k| state.pending.remove(k))
             .map(|asked| asked.sample)
             .collect();
-        state
-            .pending
-            .insert(tickets[0], Asked::new(sample, tickets));
+        state.pending.insert(key, Asked::new(sample, tickets));
         drop(state);
         if !dropped.is_empty() {
             gst::debug!(
