@@ -155,14 +155,22 @@ impl Blip2Caption {
             .unwrap_or_default();
         self.record_inference(inference_time);
         let mut answers = Vec::with_capacity(outcomes.len());
-        for outcome in outcomes {
-            match outcome.result {
+        for Outcome {
+            prompt,
+            result,
+            inference_time,
+            batch_size,
+            ..
+        } in outcomes
+        {
+            match result {
                 Ok(caption) => {
+                    let tokens = caption.token_ids.len() as u32;
                     let text = clean_text(&caption.text);
-                    answers.push((outcome, caption.token_ids.len() as u32, text));
+                    answers.push((prompt, (tokens, inference_time, batch_size), text));
                 }
                 // One failed answer fails the sample: its text would be incomplete.
-                Err(e) => return self.emit_failure(sample, e, &outcome.prompt, realtime),
+                Err(e) => return self.emit_failure(sample, e, &prompt, realtime),
             }
         }
         lock(&self.state).last_failure = None;
@@ -171,19 +179,19 @@ impl Blip2Caption {
         let model = lock(&self.loaded_model).clone();
         let mut buffer = buffer;
         // One meta entry and one message per prompt, in the order of `prompts`.
-        for (outcome, tokens, text) in &answers {
+        for (prompt, (tokens, inference_time, batch_size), text) in &answers {
             let answer = Answer {
                 element: &element,
                 model: &model,
-                prompt: &outcome.prompt,
+                prompt,
                 text,
                 pts: sample.pts,
                 running_time: Some(sample.running_time),
                 stream_time: sample.stream_time,
                 duration: sample.duration,
                 tokens: *tokens,
-                inference_time: outcome.inference_time,
-                batch_size: outcome.batch_size as u32,
+                inference_time: *inference_time,
+                batch_size: *batch_size as u32,
             };
             gst::debug!(
                 CAT,
@@ -192,11 +200,11 @@ impl Blip2Caption {
                  batch of {}",
                 sample.pts,
                 sample.running_time,
-                outcome.prompt,
+                prompt,
                 text,
                 answer.tokens,
-                outcome.inference_time,
-                outcome.batch_size
+                inference_time,
+                batch_size
             );
             if let Some(buffer) = buffer.as_deref_mut()
                 && let Err(e) = published::attach(buffer.make_mut(), &answer)
