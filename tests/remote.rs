@@ -262,6 +262,49 @@ fn api_key_is_sent_but_never_shown() {
     assert!(!e.contains("sk-wrong-key") && !e.contains(secret), "{e}");
 }
 
+/// `server-url` may carry basic-auth credentials (`http://user:password@host/v1`, for a proxy
+/// in front of the server): ureq sends them, and no message shows the password.
+#[test]
+fn credentials_in_the_server_url_are_sent_but_never_shown() {
+    use base64::Engine as _;
+    init();
+    let good = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("proxy-user:pr0xy-pa55")
+    );
+    let server = Server::start(move |_, request| {
+        if request.header("authorization") != Some(good.as_str()) {
+            Reply::error(401, "Unauthorized")
+        } else if request.is_chat() {
+            Reply::caption("behind a proxy", &[])
+        } else {
+            Reply::models(&["m"])
+        }
+    });
+    let source = "videotestsrc num-buffers=2 ! video/x-raw,width=16,height=16,framerate=1/1";
+    let with_password = |password: &str| {
+        format!(
+            "{source} ! blip2caption backend=openai model=m mode=complete \
+             server-url=http://proxy-user:{password}@{}/v1 ! fakesink",
+            server.addr
+        )
+    };
+    assert_eq!(captions_of(&with_password("pr0xy-pa55")).len(), 2);
+
+    let (errors, _) = failed_start(&pipeline(&with_password("wr0ng-pa55")));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = &errors[0];
+    assert!(e.contains("HTTP 401"), "{e}");
+    assert!(
+        e.contains(&format!("http://***@{}/v1/models", server.addr)),
+        "{e}"
+    );
+    assert!(
+        !e.contains("wr0ng-pa55") && !e.contains("proxy-user"),
+        "{e}"
+    );
+}
+
 /// Elements with equal server settings share one worker (so their samples are batched into
 /// concurrent requests); another key or URL is another worker.
 #[test]
@@ -323,9 +366,9 @@ fn shipped_chat_template_gives_the_processor_prompt_ids() {
 const CHILD_URL: &str = "GST_BLIP2_REMOTE_TEST_URL";
 
 /// `api-key` unset: the key comes from `$OPENAI_API_KEY`, and a full debug log of the element
-/// (`GST_DEBUG=blip2caption:9`) never shows it. The element half runs in a child process
-/// (this binary's ignored test below) with the environment set from its start, instead of
-/// changing the environment of a running multi-threaded test.
+/// (`GST_DEBUG=blip2caption:9`) never shows it, nor the password in `server-url`. The element
+/// half runs in a child process (this binary's ignored test below) with the environment set
+/// from its start, instead of changing the environment of a running multi-threaded test.
 #[test]
 fn api_key_defaults_to_the_environment_and_stays_out_of_logs() {
     let secret = "sk-from-env-0451";
@@ -338,7 +381,12 @@ fn api_key_defaults_to_the_environment_and_stays_out_of_logs() {
             "child_captions_with_the_environment_key",
         ])
         .env("OPENAI_API_KEY", secret)
-        .env(CHILD_URL, server.url())
+        // With the key in a header, ureq sends no basic auth: the password only has to stay out
+        // of the log.
+        .env(
+            CHILD_URL,
+            format!("http://log-user:url-pa55w0rd@{}/v1", server.addr),
+        )
         .env("GST_DEBUG", "blip2caption:9")
         .env("GST_DEBUG_NO_COLOR", "1")
         .output()
@@ -356,6 +404,11 @@ fn api_key_defaults_to_the_environment_and_stays_out_of_logs() {
     );
     assert!(text.contains("<redacted>"), "{text}");
     assert!(!text.contains(secret), "the key leaked: {text}");
+    assert!(text.contains("http://***@127.0.0.1"), "{text}");
+    assert!(
+        !text.contains("url-pa55w0rd"),
+        "the URL's password leaked: {text}"
+    );
     assert!(server.answered() >= 2);
 }
 

@@ -33,11 +33,39 @@ pub enum CaptionError {
 /// A request to an OpenAI-compatible server that failed (after its retries, if any).
 #[derive(Clone, Debug)]
 pub struct RemoteError {
-    /// The endpoint, for example `http://gpu-host:8000/v1/chat/completions`.
+    /// The endpoint, for example `http://gpu-host:8000/v1/chat/completions`, without
+    /// credentials (see [`redact_url`]).
     pub url: String,
     pub kind: RemoteErrorKind,
     /// Attempts made, retries included.
     pub attempts: u32,
+}
+
+impl RemoteError {
+    /// A failure of a request to `url`; credentials in `url` are masked here, so no message
+    /// or log line made from the error can show them.
+    pub fn new(url: &str, kind: RemoteErrorKind, attempts: u32) -> Self {
+        Self {
+            url: redact_url(url),
+            kind,
+            attempts,
+        }
+    }
+}
+
+/// `url` with the `user:password@` part (if any) replaced by `***@`. ureq sends that part as
+/// HTTP basic auth (a proxy in front of vLLM, a private hub mirror), so it is a secret like
+/// `api-key` and must not reach messages or logs.
+pub fn redact_url(url: &str) -> String {
+    let Some(authority_start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[authority_start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{}***@{}", &url[..authority_start], &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -134,5 +162,36 @@ impl From<model::Error> for CaptionError {
 impl From<RemoteError> for CaptionError {
     fn from(e: RemoteError) -> Self {
         Self::Remote(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_masked() {
+        for (url, shown) in [
+            (
+                "http://user:s3cret@proxy:8000/v1",
+                "http://***@proxy:8000/v1",
+            ),
+            (
+                "https://tok3n@hub.example/x?a=b@c",
+                "https://***@hub.example/x?a=b@c",
+            ),
+            ("http://a:b@c@host", "http://***@host"),
+            ("http://host:8000/v1/x@y", "http://host:8000/v1/x@y"),
+            ("http://host:8000/v1", "http://host:8000/v1"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        let e = RemoteError::new(
+            "http://user:s3cret@proxy/v1/models",
+            RemoteErrorKind::Cancelled,
+            1,
+        );
+        assert!(!format!("{e} {e:?}").contains("s3cret"), "{e:?}");
     }
 }

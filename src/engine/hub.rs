@@ -163,7 +163,7 @@ pub(crate) fn download_snapshot(
     );
     progress(&LoadProgress::Stage(format!(
         "listing {model} on {}",
-        client.endpoint()
+        client.shown_endpoint()
     )));
     let info = client.repo_info(&id.revision)?;
     let commit = info.sha.clone();

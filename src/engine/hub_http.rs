@@ -20,6 +20,7 @@ use ureq::Agent;
 use ureq::config::RedirectAuthHeaders;
 use ureq::http::{HeaderMap, Response};
 
+use super::error::redact_url;
 use super::hub_error::{ResolveError, ResolveErrorKind as Kind};
 
 /// What `GET /api/models/{id}/revision/{rev}` says about a repository.
@@ -39,6 +40,8 @@ pub struct FileMeta {
 
 pub struct HubClient {
     endpoint: String,
+    /// `endpoint` for messages: without the credentials of a `user:password@` part.
+    shown: String,
     token: Option<String>,
     /// Names the model in every error.
     model: String,
@@ -70,8 +73,10 @@ impl HubClient {
                 .build()
                 .into()
         };
+        let endpoint = endpoint.trim_end_matches('/').to_string();
         Self {
-            endpoint: endpoint.trim_end_matches('/').to_string(),
+            shown: redact_url(&endpoint),
+            endpoint,
             token,
             model: model.to_string(),
             repo: repo.to_string(),
@@ -80,8 +85,9 @@ impl HubClient {
         }
     }
 
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
+    /// The endpoint as messages show it (without credentials).
+    pub fn shown_endpoint(&self) -> &str {
+        &self.shown
     }
 
     pub fn repo_info(&self, revision: &str) -> Result<RepoInfo, ResolveError> {
@@ -99,11 +105,14 @@ impl HubClient {
             .body_mut()
             .read_to_string()
             .map_err(|e| self.transport_error(e))?;
-        let json: serde_json::Value = serde_json::from_str(&body)
-            .map_err(|e| self.protocol(format!("the hub's answer for {url} is not JSON ({e})")))?;
-        let sha = json["sha"]
-            .as_str()
-            .ok_or_else(|| self.protocol(format!("the hub's answer for {url} has no `sha`")))?;
+        let json: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
+            let url = redact_url(&url);
+            self.protocol(format!("the hub's answer for {url} is not JSON ({e})"))
+        })?;
+        let sha = json["sha"].as_str().ok_or_else(|| {
+            let url = redact_url(&url);
+            self.protocol(format!("the hub's answer for {url} has no `sha`"))
+        })?;
         let files = json["siblings"]
             .as_array()
             .map(|s| {
@@ -153,11 +162,17 @@ impl HubClient {
                 .or_else(|| header(headers, "etag"))
                 .map(|e| e.trim_start_matches("W/").trim_matches('"').to_string())
                 .filter(|e| !e.is_empty() && !e.contains(['/', '\\', '.']))
-                .ok_or_else(|| self.protocol(format!("no usable ETag for `{file}` at {url}")))?;
+                .ok_or_else(|| {
+                    let url = redact_url(&url);
+                    self.protocol(format!("no usable ETag for `{file}` at {url}"))
+                })?;
             let size = header(headers, "x-linked-size")
                 .or_else(|| header(headers, "content-length"))
                 .and_then(|s| s.parse().ok())
-                .ok_or_else(|| self.protocol(format!("no size for `{file}` at {url}")))?;
+                .ok_or_else(|| {
+                    let url = redact_url(&url);
+                    self.protocol(format!("no size for `{file}` at {url}"))
+                })?;
             return Ok(FileMeta { etag, size });
         }
         Err(self.protocol(format!("too many redirects for `{file}`")))
@@ -251,6 +266,8 @@ impl HubClient {
             | E::Tls(_)
             | E::Rustls(_)
             | E::BodyStalled => self.network(e.to_string()),
+            // The endpoint's `user:password@`, if any, stays out of the message.
+            E::BadUri(uri) => self.protocol(format!("invalid URL {}", redact_url(&uri))),
             other => self.protocol(other.to_string()),
         }
     }
@@ -263,7 +280,7 @@ impl HubClient {
                 "cannot download model `{}` from {}: {detail}. Without network, use a model \
                  already in the cache with HF_HUB_OFFLINE=1, or give the path of a local \
                  snapshot folder",
-                self.model, self.endpoint
+                self.model, self.shown
             ),
         )
     }
@@ -274,7 +291,7 @@ impl HubClient {
             &self.model,
             format!(
                 "downloading model `{}` from {}: {detail}",
-                self.model, self.endpoint
+                self.model, self.shown
             ),
         )
     }
@@ -307,7 +324,7 @@ impl HubClient {
                 Kind::NotFound,
                 format!(
                     "model `{model}` has no revision `{revision}` on {}",
-                    self.endpoint
+                    self.shown
                 ),
             ),
             (_, "EntryNotFound") => (
@@ -322,7 +339,7 @@ impl HubClient {
                 format!(
                     "model `{model}` was not found on {} (if it is private, {login}); check \
                      the id",
-                    self.endpoint
+                    self.shown
                 ),
             ),
             (401 | 403, "RepoNotFound") | (404, _) => (
@@ -330,7 +347,7 @@ impl HubClient {
                 format!(
                     "model `{model}` was not found on {} (or your token cannot see it); \
                      check the id",
-                    self.endpoint
+                    self.shown
                 ),
             ),
             (401, _) => (
@@ -347,7 +364,7 @@ impl HubClient {
                 Kind::Protocol,
                 format!(
                     "downloading model `{model}` from {}: the hub answered {status}{}",
-                    self.endpoint,
+                    self.shown,
                     if code.is_empty() {
                         String::new()
                     } else {

@@ -24,7 +24,7 @@ use crate::model::{self, Caption, DTypeChoice, DeviceChoice, GenerationParams, R
 pub use cache::{
     ModelKey, get_or_load, get_or_load_with, register_captioner, unregister_captioner,
 };
-pub use error::{CaptionError, RemoteError, RemoteErrorKind, Result};
+pub use error::{CaptionError, RemoteError, RemoteErrorKind, Result, redact_url};
 pub use hub::{DownloadProgress, HubId, HubSettings, LoadProgress};
 pub use hub_error::{LoadError, ResolveError, ResolveErrorKind};
 pub use resolve::resolve_model;

@@ -13,7 +13,7 @@ use super::failure;
 use super::properties::Settings;
 use super::{Blip2Caption, CAT};
 use crate::engine::openai::{self, ImageFormat, RemoteConfig};
-use crate::engine::{CaptionError, RemoteError};
+use crate::engine::{CaptionError, RemoteError, redact_url};
 
 const DEFAULT_SERVER_URL: &str = "http://localhost:8000/v1";
 const DEFAULT_JPEG_QUALITY: u32 = 90;
@@ -70,7 +70,7 @@ impl std::fmt::Debug for RemoteSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteSettings")
             .field("backend", &self.backend)
-            .field("server_url", &self.server_url)
+            .field("server_url", &redact_url(&self.server_url))
             .field("server_model", &self.server_model)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("image_format", &self.image_format)
@@ -266,6 +266,7 @@ impl Blip2Caption {
         let config = settings.remote.config(&settings.model);
         let url = config.server_url.as_str();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
+            let url = redact_url(url);
             gst::element_imp_error!(
                 self,
                 gst::ResourceError::Settings,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::RemoteConfig;
 use super::wire;
-use crate::engine::{BatchItem, CaptionError, RemoteError, RemoteErrorKind};
+use crate::engine::{BatchItem, CaptionError, RemoteError, RemoteErrorKind, redact_url};
 use crate::model::{Caption, GenerationParams};
 
 /// Wait before the first retry; it doubles after each failed attempt.
@@ -69,11 +69,7 @@ pub fn caption_one(
 }
 
 fn remote(url: &str, kind: RemoteErrorKind, attempts: u32) -> CaptionError {
-    CaptionError::Remote(RemoteError {
-        url: url.to_owned(),
-        kind,
-        attempts,
-    })
+    CaptionError::Remote(RemoteError::new(url, kind, attempts))
 }
 
 /// Sleeps `wait` in short slices; false when cancelled meanwhile.
@@ -132,11 +128,7 @@ fn post(
 /// `GET {server-url}/models`: reachable, and is `config.model` among the served ones?
 pub fn probe(agent: &ureq::Agent, config: &RemoteConfig) -> Result<(), RemoteError> {
     let url = format!("{}/models", config.base());
-    let fail = |kind| RemoteError {
-        url: url.clone(),
-        kind,
-        attempts: 1,
-    };
+    let fail = |kind| RemoteError::new(&url, kind, 1);
     let mut request = agent
         .get(&url)
         .config()
@@ -216,7 +208,9 @@ fn transport(e: ureq::Error, config: &RemoteConfig) -> RemoteErrorKind {
         ureq::Error::BodyExceedsLimit(limit) => {
             RemoteErrorKind::Malformed(format!("answer larger than {limit} bytes"))
         }
-        ureq::Error::BadUri(uri) => RemoteErrorKind::Connect(format!("invalid URL {uri}")),
+        ureq::Error::BadUri(uri) => {
+            RemoteErrorKind::Connect(format!("invalid URL {}", redact_url(&uri)))
+        }
         other => RemoteErrorKind::Dropped(other.to_string()),
     }
 }

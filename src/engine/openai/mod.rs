@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use super::{
     BatchItem, CancelToken, CaptionError, Captioner, Engine, RemoteError, RemoteErrorKind, Result,
+    redact_url,
 };
 use crate::model::{Caption, GenerationParams, RgbImage};
 use crate::sync::lock;
@@ -29,7 +30,8 @@ pub use wire::ImageFormat;
 /// together), like elements sharing a local model.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RemoteConfig {
-    /// Base URL of the API, e.g. `http://gpu-host:8000/v1` (a trailing `/` is ignored).
+    /// Base URL of the API, e.g. `http://gpu-host:8000/v1` (a trailing `/` is ignored). A
+    /// `user:password@` part is sent as basic auth and masked wherever the URL is shown.
     pub server_url: String,
     /// The served model name sent in each request.
     pub model: String,
@@ -47,7 +49,7 @@ pub struct RemoteConfig {
 impl std::fmt::Debug for RemoteConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteConfig")
-            .field("server_url", &self.server_url)
+            .field("server_url", &redact_url(&self.server_url))
             .field("model", &self.model)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("image_format", &self.image_format)
@@ -165,11 +167,11 @@ impl Captioner for OpenAiCaptioner {
             .into_iter()
             .map(|r| {
                 r.unwrap_or_else(|| {
-                    Err(CaptionError::Remote(RemoteError {
-                        url: endpoint.clone(),
-                        kind: RemoteErrorKind::Cancelled,
-                        attempts: 0,
-                    }))
+                    Err(CaptionError::Remote(RemoteError::new(
+                        &endpoint,
+                        RemoteErrorKind::Cancelled,
+                        0,
+                    )))
                 })
             })
             .collect()
@@ -191,7 +193,7 @@ pub fn engine(config: &RemoteConfig) -> Arc<Engine> {
     if let Some(engine) = slot.upgrade() {
         return engine;
     }
-    let name = format!("{} ({})", config.endpoint(), config.model);
+    let name = format!("{} ({})", redact_url(&config.endpoint()), config.model);
     let engine = Engine::spawn(Arc::new(OpenAiCaptioner::new(config.clone())), &name);
     *slot = Arc::downgrade(&engine);
     engine
