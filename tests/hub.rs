@@ -489,3 +489,55 @@ fn a_full_disk_is_reported_before_and_during_the_download() {
         &["no space left", "HF_HUB_CACHE"],
     );
 }
+
+/// A hub (or a mirror) whose answers name paths that climb out of the cache: a shard
+/// `../../../../escape.safetensors` in the weights index, a commit `../../../escaped`. The
+/// download stops with an error naming the path, and nothing is written outside the cache.
+#[test]
+fn paths_from_the_hub_stay_inside_the_cache() {
+    let outside = "../../../../escape.safetensors";
+    let mut escape = Repo::from_folder(&model_dir("opt-tiny-sharded-f16"), "escape");
+    let shard = "model-00004-of-00006.safetensors";
+    let index = &escape.files["model.safetensors.index.json"].bytes;
+    let mut index: serde_json::Value = serde_json::from_slice(index).unwrap();
+    for target in index["weight_map"].as_object_mut().unwrap().values_mut() {
+        if target == shard {
+            *target = outside.into();
+        }
+    }
+    escape.add(
+        "model.safetensors.index.json",
+        index.to_string().into_bytes(),
+    );
+    let bytes = escape.files[shard].bytes.to_vec();
+    escape.add(outside, bytes);
+    let mut bad_commit = Repo::from_folder(&model_dir("opt-tiny"), "bad-commit");
+    bad_commit.commit = "../../../escaped".into();
+    let mut repos = HashMap::new();
+    repos.insert("bad/escape".to_string(), escape);
+    repos.insert("bad/commit".to_string(), bad_commit);
+    let server = HubServer::start(repos);
+    // snapshots/<commit>/../../../.. is the folder above the cache.
+    let above = scratch("outside");
+    let s = settings(&server, &above.join("cache"));
+
+    expect_err(
+        "bad/escape",
+        &s,
+        ResolveErrorKind::Protocol,
+        &[outside, "outside the snapshot folder"],
+    );
+    assert_eq!(server.gets(outside), 0);
+    expect_err(
+        "bad/commit",
+        &s,
+        ResolveErrorKind::Protocol,
+        &["../../../escaped", "not a folder name"],
+    );
+    let mut written: Vec<String> = std::fs::read_dir(&above)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    written.sort();
+    assert_eq!(written, ["cache"], "only the cache folder is written");
+}

@@ -89,10 +89,11 @@ pub struct HubId {
 
 impl HubId {
     /// `Some` for strings shaped like a hub id: exactly one `/` between two non-empty names of
-    /// letters, digits, `-`, `_`, `.` (not starting with `.`), and an optional `@revision`.
+    /// letters, digits, `-`, `_`, `.` (not starting with `.`), and an optional `@revision`
+    /// (a branch, tag or commit; it names the file `refs/<revision>`, so no `..` parts).
     pub fn parse(model: &str) -> Option<Self> {
         let (repo, revision) = match model.split_once('@') {
-            Some((repo, rev)) if !rev.is_empty() => (repo, rev),
+            Some((repo, rev)) if hub_cache::is_inside_path(rev) => (repo, rev),
             Some(_) => return None,
             None => (model, "main"),
         };
@@ -200,6 +201,17 @@ pub(crate) fn download_snapshot(
                 ),
             )
         })?;
+        if let Some(outside) = shards.iter().find(|s| !hub_cache::is_inside_path(s)) {
+            return Err(ResolveError::new(
+                Kind::Protocol,
+                model,
+                format!(
+                    "model `{model}`: {} names the shard `{outside}`, a path outside the \
+                     snapshot folder; refusing to write it",
+                    hub_cache::WEIGHTS_INDEX
+                ),
+            ));
+        }
         if let Some(absent) = shards.iter().find(|s| !info.files.contains(s)) {
             return Err(ResolveError::new(
                 Kind::MissingFile,

@@ -110,6 +110,12 @@ impl RepoCache {
 
     /// Points `snapshots/<commit>/<file>` at `blobs/<etag>` with a relative link.
     pub fn link(&self, commit: &str, file: &str, etag: &str) -> std::io::Result<()> {
+        if !is_inside_path(file) || !is_inside_path(commit) || commit.contains('/') {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("`{file}` at commit `{commit}` is not a path inside the snapshot"),
+            ));
+        }
         let pointer = self.snapshot(commit).join(file);
         std::fs::create_dir_all(pointer.parent().expect("a snapshot file has a parent"))?;
         // snapshots/<commit>/a/b.json → ../../../blobs/<etag>: one `..` per folder below the repo.
@@ -174,6 +180,18 @@ fn make_link(target: &Path, _blob: &Path, pointer: &Path) -> std::io::Result<()>
 #[cfg(not(unix))]
 fn make_link(_target: &Path, blob: &Path, pointer: &Path) -> std::io::Result<()> {
     std::fs::copy(blob, pointer).map(|_| ())
+}
+
+/// Whether `path`, a file or revision name as the hub gives it (`a/b.json`, `refs/pr/1`),
+/// stays below the folder it is joined to: relative, `/`-separated, without empty, `.` or `..`
+/// parts. The hub's answers (the index's shard names, the commit) become paths in the cache;
+/// one that climbs out would be written outside it (huggingface_hub refuses such paths too).
+pub fn is_inside_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.contains('\\')
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
 }
 
 pub fn is_commit_hash(revision: &str) -> bool {

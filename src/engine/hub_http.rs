@@ -21,6 +21,7 @@ use ureq::config::RedirectAuthHeaders;
 use ureq::http::{HeaderMap, Response};
 
 use super::error::redact_url;
+use super::hub_cache::is_inside_path;
 use super::hub_error::{ResolveError, ResolveErrorKind as Kind};
 
 /// What `GET /api/models/{id}/revision/{rev}` says about a repository.
@@ -121,6 +122,13 @@ impl HubClient {
                     .collect()
             })
             .unwrap_or_default();
+        // The commit names the snapshot folder: one plain folder name (the hub's are 40 hex).
+        if !is_inside_path(sha) || sha.contains('/') {
+            let url = redact_url(&url);
+            return Err(self.protocol(format!(
+                "the hub's answer for {url} names the commit `{sha}`, which is not a folder name"
+            )));
+        }
         Ok(RepoInfo {
             sha: sha.to_string(),
             files,

@@ -227,6 +227,9 @@ mod tests {
             "x",
             "org/.hidden",
             "org/m@",
+            "org/m@../../escape",
+            "org/m@refs/../../escape",
+            "org/m@/abs",
             "a b/c",
         ] {
             assert!(HubId::parse(path).is_none(), "{path}");
