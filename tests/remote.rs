@@ -262,6 +262,55 @@ fn api_key_is_sent_but_never_shown() {
     assert!(!e.contains("sk-wrong-key") && !e.contains(secret), "{e}");
 }
 
+/// A server or proxy that quotes the credentials it refused back in its error message (as
+/// some do: "Incorrect API key provided: sk-...") does not make us show them: the key and the
+/// URL's password are cut out of the server's words, at the start-up check and per request.
+#[test]
+fn credentials_quoted_back_by_the_server_are_cut_out() {
+    let server = Server::start(|_, request| {
+        let quoted = format!(
+            "Incorrect credentials provided: {} for proxy:pr0xy-pa55",
+            request.header("authorization").unwrap_or("none")
+        );
+        if request.is_chat() {
+            Reply::error(401, &format!("{quoted} (chat)"))
+        } else {
+            Reply::error(403, &format!("{quoted} (models)"))
+        }
+    });
+    let mut c = config(
+        &format!("http://proxy:pr0xy-pa55@{}/v1", server.addr),
+        "blip2-tiny",
+    );
+    c.api_key = Some("sk-quoted-5ecr3t".into());
+    let remote = OpenAiCaptioner::new(c);
+
+    let probe = remote.probe().unwrap_err().to_string();
+    assert!(
+        probe.contains(
+            "HTTP 403: Incorrect credentials provided: Bearer <redacted> for <redacted> (models)"
+        ),
+        "{probe}"
+    );
+    let image = RgbImage::new(4, 4, vec![128; 4 * 4 * 3]).unwrap();
+    let Err(e) = remote.caption(&[image], "", &GenerationParams::default()) else {
+        panic!("a 401 is an error");
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains(
+            "HTTP 401: Incorrect credentials provided: Bearer <redacted> for <redacted> (chat)"
+        ),
+        "{e}"
+    );
+    for shown in [&probe, &e] {
+        assert!(
+            !shown.contains("5ecr3t") && !shown.contains("pr0xy-pa55"),
+            "{shown}"
+        );
+    }
+}
+
 /// `server-url` may carry basic-auth credentials (`http://user:password@host/v1`, for a proxy
 /// in front of the server): ureq sends them, and no message shows the password.
 #[test]

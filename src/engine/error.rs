@@ -57,15 +57,23 @@ impl RemoteError {
 /// HTTP basic auth (a proxy in front of vLLM, a private hub mirror), so it is a secret like
 /// `api-key` and must not reach messages or logs.
 pub fn redact_url(url: &str) -> String {
-    let Some(authority_start) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[authority_start..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    match authority.rfind('@') {
-        Some(at) => format!("{}***@{}", &url[..authority_start], &rest[at + 1..]),
+    match userinfo_range(url) {
+        // `end` is the `@`, which stays.
+        Some(range) => format!("{}***{}", &url[..range.start], &url[range.end..]),
         None => url.to_owned(),
     }
+}
+
+/// The `user:password` before the `@` of `url`'s authority, if it has one.
+pub(crate) fn url_userinfo(url: &str) -> Option<&str> {
+    userinfo_range(url).map(|range| &url[range])
+}
+
+fn userinfo_range(url: &str) -> Option<std::ops::Range<usize>> {
+    let start = url.find("://")? + 3;
+    let rest = &url[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    authority.rfind('@').map(|at| start..start + at)
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::RemoteConfig;
 use super::wire;
+use crate::engine::error::url_userinfo;
 use crate::engine::{BatchItem, CaptionError, RemoteError, RemoteErrorKind, redact_url};
 use crate::model::{Caption, GenerationParams};
 
@@ -55,7 +56,7 @@ pub fn caption_one(
         attempt += 1;
         let (kind, retry_after) = match post(agent, config, &url, &body) {
             Ok(caption) => return Ok(caption),
-            Err(failure) => failure,
+            Err((kind, retry_after)) => (without_secrets(kind, config), retry_after),
         };
         if !kind.is_transient() || attempt >= attempts {
             return Err(remote(&url, kind, attempt));
@@ -125,10 +126,35 @@ fn post(
     wire::parse_answer(&text).map_err(|kind| (kind, None))
 }
 
+/// `kind` with the API key and the credentials of `server-url` cut out of its text (the
+/// server's words, mostly): a server or proxy may quote back the key it refused ("invalid key
+/// sk-..."), and the key must never reach a message or log.
+fn without_secrets(kind: RemoteErrorKind, config: &RemoteConfig) -> RemoteErrorKind {
+    let userinfo = url_userinfo(&config.server_url);
+    let password = userinfo.and_then(|u| u.split_once(':')).map(|(_, p)| p);
+    let secrets = [config.api_key.as_deref(), userinfo, password];
+    let clean = |mut text: String| {
+        for secret in secrets.iter().flatten().filter(|s| !s.is_empty()) {
+            text = text.replace(secret, "<redacted>");
+        }
+        text
+    };
+    match kind {
+        RemoteErrorKind::Status { code, message } => RemoteErrorKind::Status {
+            code,
+            message: clean(message),
+        },
+        RemoteErrorKind::Malformed(m) => RemoteErrorKind::Malformed(clean(m)),
+        RemoteErrorKind::Dropped(m) => RemoteErrorKind::Dropped(clean(m)),
+        RemoteErrorKind::Connect(m) => RemoteErrorKind::Connect(clean(m)),
+        other @ (RemoteErrorKind::Timeout(_) | RemoteErrorKind::Cancelled) => other,
+    }
+}
+
 /// `GET {server-url}/models`: reachable, and is `config.model` among the served ones?
 pub fn probe(agent: &ureq::Agent, config: &RemoteConfig) -> Result<(), RemoteError> {
     let url = format!("{}/models", config.base());
-    let fail = |kind| RemoteError::new(&url, kind, 1);
+    let fail = |kind| RemoteError::new(&url, without_secrets(kind, config), 1);
     let mut request = agent
         .get(&url)
         .config()
