@@ -27,8 +27,8 @@ pub struct HubSettings {
     pub token: Option<String>,
     /// `HF_HUB_OFFLINE=1` (or `TRANSFORMERS_OFFLINE=1`): never touch the network.
     pub offline: bool,
-    /// `HF_HUB_DOWNLOAD_TIMEOUT` seconds (default 10): the longest wait for a connection or
-    /// for the next bytes of an answer.
+    /// `HF_HUB_DOWNLOAD_TIMEOUT` seconds (default 10, at most a day): the longest wait for a
+    /// connection or for the next bytes of an answer.
     pub timeout: Duration,
 }
 
@@ -69,14 +69,27 @@ impl HubSettings {
             cache_dir,
             token,
             offline: truthy("HF_HUB_OFFLINE") || truthy("TRANSFORMERS_OFFLINE"),
-            timeout: Duration::from_secs_f64(
-                var("HF_HUB_DOWNLOAD_TIMEOUT")
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .filter(|s| *s > 0.0)
-                    .unwrap_or(10.0),
-            ),
+            timeout: download_timeout(var("HF_HUB_DOWNLOAD_TIMEOUT").as_deref()),
         }
     }
+}
+
+/// The longest `HF_HUB_DOWNLOAD_TIMEOUT` taken as it is: larger values (`inf`, `1e20`) mean
+/// "wait as long as it takes" and become this, because `Duration::from_secs_f64` panics on
+/// them and ureq panics adding a deadline past the end of `Instant`.
+const MAX_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Seconds as huggingface_hub reads them (a float, default 10); not a positive number: the
+/// default.
+fn download_timeout(value: Option<&str>) -> Duration {
+    value
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+        .map_or(Duration::from_secs(10), |s| {
+            Duration::try_from_secs_f64(s).map_or(MAX_DOWNLOAD_TIMEOUT, |t| {
+                t.clamp(Duration::from_millis(1), MAX_DOWNLOAD_TIMEOUT)
+            })
+        })
 }
 
 /// A model named by hub id: `org/name` or `org/name@revision`.
@@ -415,4 +428,25 @@ fn check_free_space(model: &str, repo: &RepoCache, need: u64) -> Result<(), Reso
         return Err(ResolveError::disk_full(model, &folder, Some((need, free))));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_download_timeout_value_is_usable() {
+        let secs = |v| download_timeout(Some(v)).as_secs_f64();
+        assert_eq!(download_timeout(None), Duration::from_secs(10));
+        assert_eq!(secs("2.5"), 2.5);
+        assert_eq!(secs(" 30 "), 30.0);
+        for default in ["", "soon", "0", "-5", "NaN"] {
+            assert_eq!(secs(default), 10.0, "{default:?}");
+        }
+        // Used to panic (from_secs_f64) or to make ureq panic (deadline past Instant's end).
+        for huge in ["inf", "1e20", "1e19", "86401"] {
+            assert_eq!(secs(huge), 86400.0, "{huge:?}");
+        }
+        assert_eq!(secs("1e-12"), 0.001);
+    }
 }
