@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::error::redact_url;
 use super::hub_cache::{self, RepoCache};
 use super::hub_error::{ResolveError, ResolveErrorKind as Kind, human};
 use super::hub_http::{FileMeta, HubClient};
@@ -15,7 +16,7 @@ use super::hub_http::{FileMeta, HubClient};
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
 /// Where models come from and go to.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HubSettings {
     /// `HF_ENDPOINT`, default `https://huggingface.co`.
     pub endpoint: String,
@@ -30,6 +31,20 @@ pub struct HubSettings {
     /// `HF_HUB_DOWNLOAD_TIMEOUT` seconds (default 10, at most a day): the longest wait for a
     /// connection or for the next bytes of an answer.
     pub timeout: Duration,
+}
+
+/// Without the token, and without the credentials of a `user:password@` endpoint: settings
+/// may be logged, secrets may not.
+impl std::fmt::Debug for HubSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubSettings")
+            .field("endpoint", &redact_url(&self.endpoint))
+            .field("cache_dir", &self.cache_dir)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("offline", &self.offline)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl HubSettings {
@@ -448,5 +463,23 @@ mod tests {
             assert_eq!(secs(huge), 86400.0, "{huge:?}");
         }
         assert_eq!(secs("1e-12"), 0.001);
+    }
+
+    #[test]
+    fn settings_debug_hides_the_token() {
+        let settings = HubSettings {
+            endpoint: "https://mirror-user:m1rr0r-pa55@hub.example".into(),
+            cache_dir: Some("/cache".into()),
+            token: Some("hf_t0ken5ecr3t".into()),
+            offline: false,
+            timeout: Duration::from_secs(10),
+        };
+        let shown = format!("{settings:?}");
+        assert!(shown.contains("token: Some(\"<redacted>\")"), "{shown}");
+        assert!(shown.contains("https://***@hub.example"), "{shown}");
+        assert!(
+            !shown.contains("5ecr3t") && !shown.contains("m1rr0r"),
+            "{shown}"
+        );
     }
 }
