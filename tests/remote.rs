@@ -415,9 +415,10 @@ fn shipped_chat_template_gives_the_processor_prompt_ids() {
 const CHILD_URL: &str = "GST_BLIP2_REMOTE_TEST_URL";
 
 /// `api-key` unset: the key comes from `$OPENAI_API_KEY`, and a full debug log of the element
-/// (`GST_DEBUG=blip2caption:9`) never shows it, nor the password in `server-url`. The element
-/// half runs in a child process (this binary's ignored test below) with the environment set
-/// from its start, instead of changing the environment of a running multi-threaded test.
+/// (`GST_DEBUG=blip2caption:9`) and of its engine (`blip2engine:9`, where the HTTP client's own
+/// log lines go) never shows it, nor the password in `server-url`. The element half runs in a
+/// child process (this binary's ignored test below) with the environment set from its start,
+/// instead of changing the environment of a running multi-threaded test.
 #[test]
 fn api_key_defaults_to_the_environment_and_stays_out_of_logs() {
     let secret = "sk-from-env-0451";
@@ -436,7 +437,7 @@ fn api_key_defaults_to_the_environment_and_stays_out_of_logs() {
             CHILD_URL,
             format!("http://log-user:url-pa55w0rd@{}/v1", server.addr),
         )
-        .env("GST_DEBUG", "blip2caption:9")
+        .env("GST_DEBUG", "blip2caption:9,blip2engine:9")
         .env("GST_DEBUG_NO_COLOR", "1")
         .output()
         .unwrap();
@@ -452,6 +453,9 @@ fn api_key_defaults_to_the_environment_and_stays_out_of_logs() {
         "the debug log was on: {text}"
     );
     assert!(text.contains("<redacted>"), "{text}");
+    // ureq's DEBUG lines (its requests, headers redacted) are in the log; its TRACE lines (the
+    // wire, unredacted) are not.
+    assert!(text.contains("Connected TcpStream"), "{text}");
     assert!(!text.contains(secret), "the key leaked: {text}");
     assert!(text.contains("http://***@127.0.0.1"), "{text}");
     assert!(

@@ -10,6 +10,7 @@ mod answers;
 mod convert;
 mod downstream;
 mod imp;
+mod log_bridge;
 mod published;
 pub mod scene;
 mod scene_gate;
@@ -110,6 +111,7 @@ glib::wrapper! {
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    log_bridge::install();
     if !gst::meta::CustomMeta::is_registered(META_NAME) {
         gst::meta::CustomMeta::register(META_NAME, &[]);
     }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
+use super::load_log::StageLog;
 use super::{Captioner, Engine, LoadError, LoadProgress};
 use crate::model::{DTypeChoice, DeviceChoice, Result};
 use crate::sync::lock;
@@ -78,12 +79,21 @@ pub fn get_or_load_with(
     dtype: DTypeChoice,
     progress: &mut dyn FnMut(&LoadProgress),
 ) -> std::result::Result<Arc<Engine>, LoadError> {
-    let dir = super::resolve_model(model, &super::HubSettings::from_env(), progress)?;
+    let mut stages = StageLog::new(model);
+    let mut progress = |p: &LoadProgress| {
+        if let LoadProgress::Stage(text) = p {
+            stages.stage(text);
+        }
+        progress(p)
+    };
+    let dir = super::resolve_model(model, &super::HubSettings::from_env(), &mut progress)?;
     let key = ModelKey { dir, device, dtype };
     let mut stage = |text: &str| progress(&LoadProgress::Stage(text.to_string()));
-    Ok(get_or_load(&key, || {
+    let engine = get_or_load(&key, || {
         super::load_blip2(&key.dir, device, dtype, &mut stage)
-    })?)
+    })?;
+    stages.finish();
+    Ok(engine)
 }
 
 #[cfg(test)]

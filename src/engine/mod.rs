@@ -2,6 +2,9 @@
 //! process-wide model cache. No GStreamer types live here, so the engine can be unit-tested and
 //! reused outside the element.
 //!
+//! The engine logs through the `log` crate (the element bridges it into GStreamer's debug log,
+//! category `blip2engine`): each loading stage with its time at INFO, each batch at DEBUG.
+//!
 //! Door order: element → engine → model. The element only sees [`Engine`], [`Client`],
 //! [`Request`] and [`Outcome`] (with a typed [`CaptionError`]); the engine only sees the
 //! [`Captioner`] trait, [`load_blip2`] and the remote backend in [`openai`].
@@ -12,6 +15,7 @@ mod hub;
 mod hub_cache;
 mod hub_error;
 mod hub_http;
+mod load_log;
 pub mod openai;
 mod resolve;
 mod worker;

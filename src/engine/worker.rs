@@ -393,6 +393,24 @@ fn take_group(queue: &mut Queue, i: usize) -> Vec<Job> {
     queue.jobs.drain(i..i + n).collect()
 }
 
+/// One DEBUG line per model call: its size, time and tokens (and the first failure).
+fn log_batch(results: &[Result<Caption, CaptionError>], took: Duration) {
+    let tokens: usize = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|c| c.token_ids.len())
+        .sum();
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    let ms = took.as_secs_f64() * 1e3;
+    match results.iter().find_map(|r| r.as_ref().err()) {
+        None => log::debug!("batch of {}: {ms:.1} ms, {tokens} tokens", results.len()),
+        Some(e) => log::debug!(
+            "batch of {}: {ms:.1} ms, {tokens} tokens, {failed} failed: {e}",
+            results.len()
+        ),
+    }
+}
+
 fn caption_batch(captioner: &dyn Captioner, mut batch: Vec<Job>) {
     let items: Vec<BatchItem> = batch
         .iter_mut()
@@ -438,6 +456,8 @@ fn caption_batch(captioner: &dyn Captioner, mut batch: Vec<Job>) {
             vec![Err(CaptionError::Internal(format!("model panicked: {msg}"))); n]
         }
     };
+
+    log_batch(&results, inference_time);
 
     for (job, result) in batch.into_iter().zip(results) {
         let mut mb = lock(&job.mailbox.state);

@@ -9,7 +9,7 @@ use super::{Blip2Caption, CAT, lock};
 impl Blip2Caption {
     pub(super) fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
         use gst::EventView;
-        gst::log!(CAT, obj = pad, "event {:?}", event);
+        log_event(pad, &event);
         // Frames held for their captions go out before any event that follows them.
         if event.is_serialized()
             && let Err(e) = self.release_held(0)
@@ -211,5 +211,19 @@ impl Blip2Caption {
             return true;
         }
         gst::Pad::query_default(pad, Some(&*self.obj()), query)
+    }
+}
+
+/// One LOG line per sink event. A segment or gap is shown through its typed times (an unset one
+/// as `--:--:--`): the event's structure would print an unset stop or duration as
+/// 18446744073709551615.
+fn log_event(pad: &gst::Pad, event: &gst::Event) {
+    match event.view() {
+        gst::EventView::Segment(s) => gst::log!(CAT, obj = pad, "segment {:?}", s.segment()),
+        gst::EventView::Gap(g) => {
+            let (pts, duration) = g.get();
+            gst::log!(CAT, obj = pad, "gap at {pts} for {}", duration.display())
+        }
+        _ => gst::log!(CAT, obj = pad, "event {:?}", event),
     }
 }
