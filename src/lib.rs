@@ -15,6 +15,9 @@ pub mod engine;
 
 mod sync;
 
+#[cfg(test)]
+mod test_support;
+
 mod blip2caption;
 /// The scene-change measure of `scene-threshold`, for applications that want to see the
 /// distances of their own video before choosing a threshold.

@@ -2,21 +2,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
-
-/// target/<profile>/examples/caption, built by `cargo test` alongside this test.
-fn caption_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("caption")
-}
 
 #[test]
 fn json_lines_match_the_reference_on_every_fixture() {
@@ -27,7 +15,7 @@ fn json_lines_match_the_reference_on_every_fixture() {
             .iter()
             .filter(|c| c.name == "greedy_caption" || c.name == "batch_greedy")
         {
-            let mut cmd = Command::new(caption_bin());
+            let mut cmd = Command::new(example_bin("caption"));
             cmd.arg("--model").arg(model_dir(model)).arg("--json");
             cmd.args(["--max-new-tokens", &case.params.max_new_tokens.to_string()]);
             cmd.args(["--prompt", &case.prompt, "--device", "cpu"]);
@@ -69,7 +57,7 @@ fn json_lines_match_the_reference_on_every_fixture() {
 
 #[test]
 fn errors_go_to_stderr_with_a_failing_exit() {
-    let out = Command::new(caption_bin())
+    let out = Command::new(example_bin("caption"))
         .args(["--model", "/nonexistent/blip2", "--image", "x.png"])
         .output()
         .unwrap();
@@ -77,7 +65,7 @@ fn errors_go_to_stderr_with_a_failing_exit() {
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/blip2"));
 
-    let out = Command::new(caption_bin())
+    let out = Command::new(example_bin("caption"))
         .arg("--model")
         .arg(model_dir("opt-tiny"))
         .args(["--image", "/nonexistent.png"])
@@ -86,7 +74,7 @@ fn errors_go_to_stderr_with_a_failing_exit() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.png"));
 
-    let out = Command::new(caption_bin())
+    let out = Command::new(example_bin("caption"))
         .args(["--num-beams", "x"])
         .output()
         .unwrap();

@@ -77,10 +77,8 @@ fn sampling_count_and_pts_for_intervals_and_framerates() {
     }
 }
 
-/// Two harnesses on one element, started with its model loaded: video in/out and the text pad.
-fn harnesses(el: &gst::Element) -> (gst_check::Harness, gst_check::Harness) {
-    start_harnesses(el, "video/x-raw,format=RGB,width=4,height=2,framerate=10/1")
-}
+/// The frames of [`frame`].
+const CAPS: &str = "video/x-raw,format=RGB,width=4,height=2,framerate=10/1";
 
 fn frame(i: u64, value: u8) -> gst::Buffer {
     let mut b = gst::Buffer::from_mut_slice(vec![value; 4 * 2 * 3]);
@@ -90,14 +88,6 @@ fn frame(i: u64, value: u8) -> gst::Buffer {
         b.set_duration(gst::ClockTime::from_nseconds(SEC / 10));
     }
     b
-}
-
-fn element(model: &str, props: &[(&str, &str)]) -> gst::Element {
-    let mut b = gst::ElementFactory::make("blip2caption").property("model", model);
-    for (k, v) in props {
-        b = b.property_from_str(k, v);
-    }
-    b.build().unwrap()
 }
 
 /// Drains the text harness: (buffers, gap events). The text pad has its own task, so wait until
@@ -138,7 +128,7 @@ fn text_stream_before_the_first_cue() {
     let fake = Fake::new(300);
     let model = install("gaps", fake);
     let el = element(&model, &[("mode", "realtime")]);
-    let (mut h, mut th) = harnesses(&el);
+    let (mut h, mut th) = start_harnesses(&el, CAPS);
     for i in 0..3 {
         h.push(frame(i, 10)).unwrap();
     }
@@ -183,7 +173,7 @@ fn realtime_caption_meta_rides_on_a_later_frame() {
     let fake = Fake::new(150);
     let model = install("realtime-meta", fake.clone());
     let el = element(&model, &[("mode", "realtime"), ("interval", "10000000000")]);
-    let (mut h, mut th) = harnesses(&el);
+    let (mut h, mut th) = start_harnesses(&el, CAPS);
     h.push(frame(0, 50)).unwrap();
     let first = h.pull().unwrap();
     let name = gstblip2::META_NAME;
@@ -226,7 +216,7 @@ fn complete_mode_meta_is_on_the_analysed_frame() {
     init();
     let model = install("complete-meta", Fake::new(50));
     let el = element(&model, &[("mode", "complete"), ("interval", "200000000")]);
-    let (mut h, _th) = harnesses(&el);
+    let (mut h, _th) = start_harnesses(&el, CAPS);
     for i in 0..4 {
         h.push(frame(i, 7 * i as u8)).unwrap();
     }
@@ -245,7 +235,7 @@ fn prompt_change_while_playing_takes_effect() {
     let fake = Fake::new(0);
     let model = install("prompt", fake.clone());
     let el = element(&model, &[("mode", "complete"), ("interval", "0")]);
-    let (mut h, mut th) = harnesses(&el);
+    let (mut h, mut th) = start_harnesses(&el, CAPS);
     h.push(frame(0, 1)).unwrap();
     el.set_property("prompt", "Question: what colour? Answer:");
     h.push(frame(1, 1)).unwrap();
@@ -270,7 +260,7 @@ fn latency_query_adds_configured_latency_when_live() {
     init();
     let model = install("latency", Fake::new(0));
     let el = element(&model, &[("latency", "700000000")]);
-    let (mut h, _th) = harnesses(&el);
+    let (mut h, _th) = start_harnesses(&el, CAPS);
     h.set_upstream_latency(gst::ClockTime::from_mseconds(10));
     let latency = h.query_latency().unwrap();
     assert_eq!(latency, gst::ClockTime::from_mseconds(710));
@@ -312,15 +302,7 @@ fn unlinked_text_pad_does_not_stop_video() {
 
 /// Reads a subtitle file back with subparse: the cues it finds.
 fn subparse(path: &std::path::Path) -> Vec<(u64, String)> {
-    let p = pipeline(&format!(
-        "filesrc location={} ! subparse ! appsink name=t sync=false",
-        path.display()
-    ));
-    let bufs = collect(&p, "t");
-    let run = run_to_eos(&p, Duration::from_secs(10));
-    assert!(run.errors.is_empty(), "{:?}", run.errors);
-    bufs.lock()
-        .unwrap()
+    subparse_buffers(path)
         .iter()
         .map(|b| {
             let text = String::from_utf8(b.map_readable().unwrap().to_vec()).unwrap();

@@ -19,14 +19,10 @@ use gst_common::*;
 const CAPS: &str = "video/x-raw,format=RGB,width=4,height=2,framerate=10/1";
 const SEC: u64 = 1_000_000_000;
 
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/opt-tiny")
-}
-
 /// A copy of the tiny model whose `config.json` is a named pipe.
 fn gated_model(tag: &str) -> PathBuf {
     let dir = scratch(&format!("gated-{tag}"));
-    for entry in std::fs::read_dir(fixture()).unwrap() {
+    for entry in std::fs::read_dir(model_dir("opt-tiny")).unwrap() {
         let entry = entry.unwrap();
         if entry.file_name() != "config.json" {
             std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
@@ -55,17 +51,12 @@ fn open_gate(dir: &Path, contents: &[u8]) {
 }
 
 fn real_config() -> Vec<u8> {
-    std::fs::read(fixture().join("config.json")).unwrap()
+    std::fs::read(model_dir("opt-tiny").join("config.json")).unwrap()
 }
 
-fn element(model: &Path, props: &[(&str, &str)]) -> (gst::Element, gst::Bus) {
+fn element_on_bus(model: &Path, props: &[(&str, &str)]) -> (gst::Element, gst::Bus) {
     init();
-    let mut b =
-        gst::ElementFactory::make("blip2caption").property("model", model.to_str().unwrap());
-    for (k, v) in props {
-        b = b.property_from_str(k, v);
-    }
-    let el = b.build().unwrap();
+    let el = gst_common::element(model.to_str().unwrap(), props);
     let bus = gst::Bus::new();
     el.set_bus(Some(&bus));
     (el, bus)
@@ -124,7 +115,7 @@ fn stat(el: &gst::Element, name: &str) -> u64 {
 #[test]
 fn ready_returns_at_once_and_progress_reports_the_load() {
     let dir = gated_model("ready");
-    let (el, bus) = element(&dir, &[]);
+    let (el, bus) = element_on_bus(&dir, &[]);
     let e = el.clone();
     let res = promptly("NULL→READY", move || e.set_state(gst::State::Ready));
     assert_eq!(res, Ok(gst::StateChangeSuccess::Success));
@@ -146,7 +137,7 @@ fn ready_returns_at_once_and_progress_reports_the_load() {
 #[test]
 fn realtime_drops_and_counts_samples_until_the_model_is_ready() {
     let dir = gated_model("realtime");
-    let (el, bus) = element(&dir, &[("mode", "realtime"), ("interval", "0")]);
+    let (el, bus) = element_on_bus(&dir, &[("mode", "realtime"), ("interval", "0")]);
     let mut h = gst_check::Harness::with_element(&el, Some("sink"), Some("src"));
     let _th = gst_check::Harness::with_element(&el, None, Some("text_src"));
     h.set_src_caps_str(CAPS);
@@ -178,7 +169,7 @@ fn realtime_drops_and_counts_samples_until_the_model_is_ready() {
 #[test]
 fn complete_mode_waits_for_the_model_for_its_first_sample() {
     let dir = gated_model("complete");
-    let (el, bus) = element(&dir, &[("mode", "complete")]);
+    let (el, bus) = element_on_bus(&dir, &[("mode", "complete")]);
     let mut h = gst_check::Harness::with_element(&el, Some("sink"), Some("src"));
     let _th = gst_check::Harness::with_element(&el, None, Some("text_src"));
     h.set_src_caps_str(CAPS);
@@ -206,7 +197,7 @@ fn complete_mode_waits_for_the_model_for_its_first_sample() {
 #[test]
 fn failed_load_is_an_error_naming_the_file_and_the_property() {
     let dir = gated_model("broken");
-    let (el, bus) = element(&dir, &[("mode", "complete")]);
+    let (el, bus) = element_on_bus(&dir, &[("mode", "complete")]);
     let mut h = gst_check::Harness::with_element(&el, Some("sink"), Some("src"));
     h.set_src_caps_str(CAPS);
     wait_at_gate(&bus);
@@ -230,7 +221,7 @@ fn failed_load_is_an_error_naming_the_file_and_the_property() {
 #[test]
 fn null_during_a_load_neither_crashes_nor_keeps_the_model() {
     let dir = gated_model("null");
-    let (el, bus) = element(&dir, &[]);
+    let (el, bus) = element_on_bus(&dir, &[]);
     el.set_state(gst::State::Ready).unwrap();
     wait_at_gate(&bus);
     let e = el.clone();
@@ -271,8 +262,8 @@ fn null_during_a_load_neither_crashes_nor_keeps_the_model() {
 #[test]
 fn elements_sharing_a_model_load_it_once() {
     let dir = gated_model("shared");
-    let (a, bus) = element(&dir, &[]);
-    let (b, _) = element(&dir, &[]);
+    let (a, bus) = element_on_bus(&dir, &[]);
+    let (b, _) = element_on_bus(&dir, &[]);
     b.set_bus(Some(&bus));
     a.set_state(gst::State::Ready).unwrap();
     b.set_state(gst::State::Ready).unwrap();

@@ -9,7 +9,7 @@ mod gst_common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gst_common::scratch;
+use gst_common::{model_dir, output_text, scratch};
 
 /// This build's plugin, alone in a folder of `dir` for `GST_PLUGIN_PATH`: cargo builds it beside
 /// the test binary, in `deps/` (where everything else is not a plugin).
@@ -22,15 +22,11 @@ fn plugin_dir(dir: &Path) -> PathBuf {
     plugins
 }
 
-fn tiny_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/opt-tiny")
-}
-
 /// Ten frames at 5 fps (two seconds), sampled each second: samples at 0 s and 1 s.
 fn debug_log_of_a_run() -> String {
     let dir = scratch("logs");
     let log = dir.join("gst.log");
-    let model = tiny_model();
+    let model = model_dir("opt-tiny");
     let out = Command::new("gst-launch-1.0")
         .args(["-q", "videotestsrc", "num-buffers=10", "!"])
         .arg("video/x-raw,format=RGB,width=16,height=16,framerate=5/1")
@@ -50,12 +46,7 @@ fn debug_log_of_a_run() -> String {
         .env("GST_DEBUG_NO_COLOR", "1")
         .output()
         .expect("gst-launch-1.0 runs");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", output_text(&out));
     std::fs::read_to_string(&log).unwrap()
 }
 
@@ -109,7 +100,7 @@ fn debug_log_shows_samples_answers_batches_and_load_stages() {
         "loading Q-Former weights",
         "loading language model weights",
     ] {
-        let line = format!("{}: {stage}: ", tiny_model().display());
+        let line = format!("{}: {stage}: ", model_dir("opt-tiny").display());
         assert!(
             engine
                 .iter()

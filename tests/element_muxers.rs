@@ -275,15 +275,7 @@ fn overlay_texts(p: &gst::Pipeline) -> Arc<Mutex<Vec<gst::Buffer>>> {
 
 /// Cues of a subtitle file, read back with subparse: (pts, end, text).
 fn subparse(path: &std::path::Path) -> Vec<(u64, u64, String)> {
-    let p = pipeline(&format!(
-        "filesrc location={} ! subparse ! appsink name=t sync=false",
-        path.display()
-    ));
-    let bufs = collect(&p, "t");
-    let run = run_to_eos(&p, Duration::from_secs(20));
-    assert!(run.errors.is_empty(), "{:?}", run.errors);
-    let bufs = bufs.lock().unwrap();
-    merge_cues(&bufs)
+    merge_cues(&subparse_buffers(path))
 }
 
 /// The subtitle buffers and the number of video frames of a muxed file.

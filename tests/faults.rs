@@ -4,7 +4,6 @@
 
 mod gst_common;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,18 +15,6 @@ use gstblip2::engine::Captioner;
 use gstblip2::model::{self, Caption, DTypeChoice, DeviceChoice, GenerationParams, RgbImage};
 
 const SEC: u64 = 1_000_000_000;
-
-fn element(model: &str, props: &[(&str, &str)]) -> gst::Element {
-    let mut b = gst::ElementFactory::make("blip2caption").property("model", model);
-    for (k, v) in props {
-        b = b.property_from_str(k, v);
-    }
-    b.build().unwrap()
-}
-
-fn harnesses(el: &gst::Element, caps: &str) -> (gst_check::Harness, gst_check::Harness) {
-    start_harnesses(el, caps)
-}
 
 /// A frame of `info`'s size filled with `value`, at `pts_ns` (none when `None`).
 fn frame_of(info: &gst_video::VideoInfo, pts_ns: Option<u64>, value: u8) -> gst::Buffer {
@@ -68,12 +55,6 @@ fn stats(el: &gst::Element) -> gst::Structure {
 
 fn stat(s: &gst::Structure, name: &str) -> u64 {
     s.get::<u64>(name).unwrap()
-}
-
-fn fixture(model: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(model)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -191,7 +172,7 @@ fn values_to_try(pspec: &glib::ParamSpec, fixture: &str) -> Vec<glib::Value> {
 #[test]
 fn every_property_takes_its_minimum_middle_and_maximum_at_every_state() {
     init();
-    let model = fixture("opt-tiny").display().to_string();
+    let model = model_dir("opt-tiny").display().to_string();
     let p = pipeline(&format!(
         "videotestsrc pattern=ball ! video/x-raw,format=RGB,width=32,height=24,framerate=30/1 \
          ! blip2caption name=c model={model} device=cpu interval=0 ! fakesink sync=false \
@@ -301,7 +282,7 @@ fn every_property_takes_its_minimum_middle_and_maximum_at_every_state() {
 #[test]
 fn min_new_tokens_above_max_is_capped_with_a_warning() {
     init();
-    let model = fixture("opt-tiny").display().to_string();
+    let model = model_dir("opt-tiny").display().to_string();
     let run = |props: &str| {
         let p = pipeline(&format!(
             "videotestsrc num-buffers=3 ! video/x-raw,format=RGB,width=32,height=24,framerate=1/1 \
@@ -373,7 +354,7 @@ fn odd_prompts_reach_the_model_unchanged() {
     let caps = "video/x-raw,format=RGB,width=4,height=2,framerate=1/1";
     let vi = info(caps);
     let el = element(&model, &[("mode", "complete")]);
-    let (mut h, mut th) = harnesses(&el, caps);
+    let (mut h, mut th) = start_harnesses(&el, caps);
     for (i, p) in prompts.iter().enumerate() {
         el.set_property("prompt", p);
         h.push(frame_of(&vi, Some(i as u64 * SEC), 10)).unwrap();
@@ -394,7 +375,7 @@ fn odd_prompts_reach_the_model_unchanged() {
 #[test]
 fn too_long_prompt_names_the_property() {
     init();
-    let model = fixture("opt-tiny");
+    let model = model_dir("opt-tiny");
     let long = "a ".repeat(600);
     let p = pipeline(&format!(
         "videotestsrc num-buffers=3 ! video/x-raw,width=16,height=16,framerate=1/1 \
@@ -434,7 +415,7 @@ fn too_long_prompt_names_the_property() {
 #[test]
 fn new_tokens_beyond_the_positions_are_capped() {
     init();
-    let model = fixture("opt-tiny");
+    let model = model_dir("opt-tiny");
     for extra in [
         "max-new-tokens=100 min-new-tokens=100",
         "max-new-tokens=1024 min-new-tokens=60",
@@ -500,7 +481,7 @@ fn every_accepted_raw_format_is_captioned() {
             continue;
         };
         let el = element(&model, &[("mode", "complete")]);
-        let (mut h, _th) = harnesses(&el, &caps);
+        let (mut h, _th) = start_harnesses(&el, &caps);
         let before = fake.calls.lock().unwrap().sizes.len();
         let res = h.push(frame_of(&vi, Some(0), 128));
         let after = fake.calls.lock().unwrap().sizes.clone();
@@ -529,7 +510,7 @@ fn extreme_sizes_and_mid_stream_renegotiation() {
         ("RGB", 1, 1),
     ];
     let first = "video/x-raw,format=RGB,width=1,height=1,framerate=25/1";
-    let (mut h, mut th) = harnesses(&el, first);
+    let (mut h, mut th) = start_harnesses(&el, first);
     for (i, (f, w, hgt)) in sizes.iter().enumerate() {
         let caps = format!("video/x-raw,format={f},width={w},height={hgt},framerate=25/1");
         h.set_src_caps_str(&caps);
@@ -578,7 +559,7 @@ fn buffers_without_pts_are_sampled_in_arrival_order() {
     let caps = "video/x-raw,format=RGB,width=4,height=2,framerate=10/1";
     let vi = info(caps);
     let el = element(&model, &[("mode", "complete")]);
-    let (mut h, mut th) = harnesses(&el, caps);
+    let (mut h, mut th) = start_harnesses(&el, caps);
     for i in 0..25 {
         h.push(frame_of(&vi, None, i as u8)).unwrap();
     }
@@ -601,7 +582,7 @@ fn discontinuity_samples_the_first_frame_after_the_jump() {
     let caps = "video/x-raw,format=RGB,width=4,height=2,framerate=10/1";
     let vi = info(caps);
     let el = element(&model, &[("mode", "complete")]);
-    let (mut h, mut th) = harnesses(&el, caps);
+    let (mut h, mut th) = start_harnesses(&el, caps);
     for i in 0..5 {
         h.push(frame_of(&vi, Some(i * SEC / 10), 1)).unwrap();
     }
@@ -624,7 +605,7 @@ fn non_time_segment_is_a_clear_error() {
     init();
     let model = install("faults-bytes", Fake::new(0));
     let el = element(&model, &[]);
-    let (mut h, _th) = harnesses(
+    let (mut h, _th) = start_harnesses(
         &el,
         "video/x-raw,format=RGB,width=4,height=2,framerate=10/1",
     );
@@ -692,7 +673,7 @@ fn realtime_eos_waits_for_the_caption_in_flight() {
     let caps = "video/x-raw,format=RGB,width=4,height=2,framerate=10/1";
     let vi = info(caps);
     let el = element(&model, &[("mode", "realtime")]);
-    let (mut h, mut th) = harnesses(&el, caps);
+    let (mut h, mut th) = start_harnesses(&el, caps);
     let mut f = frame_of(&vi, Some(0), 77);
     f.get_mut()
         .unwrap()
@@ -862,7 +843,7 @@ impl Captioner for Flaky {
 
 fn flaky(name: &str, fail: impl Fn(usize) -> bool + Send + Sync + 'static) -> (String, Arc<Flaky>) {
     let inner = gstblip2::engine::load_blip2(
-        &fixture("opt-tiny"),
+        &model_dir("opt-tiny"),
         DeviceChoice::Cpu,
         DTypeChoice::F32,
         &mut |_| {},

@@ -5,53 +5,10 @@
 
 mod gst_common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use gst::prelude::*;
-use gst_common::init;
-
-fn fixture(model: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(model)
-}
-
-/// A private copy of a fixture snapshot that a test may break.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn of(model: &str, tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "gstblip2-faults-{}-{model}-{tag}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        for entry in std::fs::read_dir(fixture(model)).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
-        }
-        Scratch(dir)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-
-    fn edit_json(&self, file: &str, edit: impl FnOnce(&mut serde_json::Value)) {
-        let path = self.path(file);
-        let mut v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        edit(&mut v);
-        std::fs::write(path, v.to_string()).unwrap();
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use gst_common::{Scratch, init, model_dir};
 
 /// What one NULL→READY attempt (and the background load it starts) posted.
 #[derive(Debug)]
@@ -218,7 +175,7 @@ fn missing_preprocessor_loads_with_a_warning() {
     assert!(w.contains(&s.0.display().to_string()), "{w}");
 
     // The intact fixture posts no warning at all.
-    let a = try_ready(&fixture("opt-tiny"), "cpu");
+    let a = try_ready(&model_dir("opt-tiny"), "cpu");
     assert!(
         a.ok && a.warnings.is_empty() && a.errors.is_empty(),
         "{a:?}"
@@ -238,7 +195,7 @@ fn contradictory_preprocessor_is_an_error() {
 /// silent fallback to CPU, which would be orders of magnitude slower than asked for).
 #[test]
 fn absent_cuda_device_is_an_error() {
-    let a = try_ready(&fixture("opt-tiny"), "cuda:7");
+    let a = try_ready(&model_dir("opt-tiny"), "cuda:7");
     assert!(!a.ok, "{a:?}");
     assert_eq!(a.errors.len(), 1, "{a:?}");
     assert!(a.errors[0].contains("cuda:7"), "{a:?}");

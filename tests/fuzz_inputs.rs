@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::scratch;
 use gstblip2::model::RgbImage;
 use gstblip2::model::config::Blip2Config;
 use gstblip2::model::processor::{ImageProcessorConfig, resize_bicubic};
@@ -79,8 +80,7 @@ proptest! {
     /// Arbitrary preprocessor settings read from a snapshot folder.
     #[test]
     fn arbitrary_preprocessor_json_never_panics(value in json_value(), size in 1usize..512) {
-        let dir = std::env::temp_dir().join(format!("gstblip2-fuzz-{}-{:?}", std::process::id(), std::thread::current().id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch(&format!("fuzz-{:?}", std::thread::current().id()));
         std::fs::write(dir.join("preprocessor_config.json"), value.to_string()).unwrap();
         let result = ImageProcessorConfig::from_snapshot(&dir, size);
         std::fs::remove_dir_all(&dir).unwrap();

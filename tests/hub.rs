@@ -9,17 +9,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{image_path, model_dir, reference};
+use common::{image_path, model_dir, reference, scratch};
 use gstblip2::engine::{HubSettings, LoadProgress, ResolveError, ResolveErrorKind, resolve_model};
 use gstblip2::model::{Blip2, DTypeChoice, DeviceChoice, RgbImage};
 use hub_server::{Fault, HubServer, Repo, TOKEN};
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gstblip2-hub-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn settings(server: &HubServer, cache: &Path) -> HubSettings {
     HubSettings {

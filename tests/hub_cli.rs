@@ -2,32 +2,18 @@
 //! download each file once and print the fixture's tokens; a second run works offline with
 //! the server gone.
 
+mod common;
 mod hub_server;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::{example_bin, fixtures, scratch};
 use hub_server::{Fault, HubServer, Repo};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// target/<profile>/examples/caption, built by `cargo test` alongside this test.
-fn caption_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("caption")
-}
-
 fn caption(model: &str, env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(caption_bin());
+    let mut cmd = Command::new(example_bin("caption"));
     cmd.args(["--model", model, "--device", "cpu", "--image"])
         .arg(fixtures().join("images/chelsea.png"))
         .env_remove("HF_TOKEN")
@@ -60,8 +46,7 @@ fn two_processes_download_once_then_offline_works() {
     );
     let mut server = HubServer::start(repos);
     server.fault("model.safetensors", Fault::Slow(Duration::from_millis(30)));
-    let cache = std::env::temp_dir().join(format!("gstblip2-hub-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&cache);
+    let cache = scratch("cache");
     let endpoint = server.endpoint();
     let env = [
         ("HF_ENDPOINT", endpoint.as_str()),
@@ -122,8 +107,7 @@ fn download_progress_is_reported_per_file() {
         Repo::from_folder(&fixtures().join("models/t5-tiny"), "t5"),
     );
     let server = HubServer::start(repos);
-    let cache = std::env::temp_dir().join(format!("gstblip2-hub-cli-p-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&cache);
+    let cache = scratch("cache-p");
     let endpoint = server.endpoint();
     let out = caption(
         "tiny/t5",

@@ -10,27 +10,20 @@ mod gst_common;
 mod hub_server;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use gst::prelude::*;
-use gst_common::{init, pipeline, scratch};
+use gst_common::{init, model_dir, output_text, pipeline, scratch};
 use hub_server::{Fault, HubServer, Repo};
 
 const CHILD: &str = "GST_BLIP2_HUB_CHILD";
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
-}
 
 fn server() -> HubServer {
     let mut repos = HashMap::new();
     repos.insert(
         "tiny/opt".to_string(),
-        Repo::from_folder(&fixture("opt-tiny"), "opt"),
+        Repo::from_folder(&model_dir("opt-tiny"), "opt"),
     );
     HubServer::start(repos)
 }
@@ -57,11 +50,7 @@ fn run_child(name: &str, server: &HubServer) {
         .env_remove("HF_HOME")
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "{name}:\n{text}");
     assert!(text.contains("1 passed"), "{name} did not run:\n{text}");
 }
@@ -149,7 +138,7 @@ fn child_downloads_with_progress_and_captions() {
     assert_eq!(*download.last().unwrap(), 100);
     assert!(seen.progress.iter().any(|(code, _)| code == "load"));
 
-    let reference = play(&caption_pipeline(fixture("opt-tiny").to_str().unwrap()));
+    let reference = play(&caption_pipeline(model_dir("opt-tiny").to_str().unwrap()));
     assert!(!reference.captions.is_empty());
     assert_eq!(seen.captions, reference.captions);
 

@@ -2,50 +2,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::model_dir;
+use common::Scratch;
 use gstblip2::model::{Blip2, DTypeChoice, DeviceChoice, Error};
 
-/// A private copy of a fixture snapshot that a test may break.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn of(model: &str, tag: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("gstblip2-{}-{model}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        for entry in std::fs::read_dir(model_dir(model)).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
-        }
-        Scratch(dir)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-
-    fn edit_config(&self, edit: impl FnOnce(&mut serde_json::Value)) {
-        let path = self.path("config.json");
-        let mut v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        edit(&mut v);
-        std::fs::write(path, v.to_string()).unwrap();
-    }
-
-    fn load(&self) -> Error {
-        match Blip2::load(&self.0, DeviceChoice::Cpu, DTypeChoice::F32, &mut |_| {}) {
-            Ok(_) => panic!("{} loaded although it is broken", self.0.display()),
-            Err(e) => e,
-        }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// Loads a broken copy: the error it must give.
+fn load_error(scratch: &Scratch) -> Error {
+    match Blip2::load(&scratch.0, DeviceChoice::Cpu, DTypeChoice::F32, &mut |_| {}) {
+        Ok(_) => panic!("{} loaded although it is broken", scratch.0.display()),
+        Err(e) => e,
     }
 }
 
@@ -75,36 +41,42 @@ fn missing_folder() {
 fn config_missing_or_invalid() {
     let s = Scratch::of("opt-tiny", "noconfig");
     std::fs::remove_file(s.path("config.json")).unwrap();
-    assert_names(&s.load(), &s.path("config.json"), "no such file");
+    assert_names(&load_error(&s), &s.path("config.json"), "no such file");
 
     let s = Scratch::of("opt-tiny", "badjson");
     std::fs::write(s.path("config.json"), "{ not json").unwrap();
-    assert_names(&s.load(), &s.path("config.json"), "not valid json");
+    assert_names(&load_error(&s), &s.path("config.json"), "not valid json");
 
     let s = Scratch::of("opt-tiny", "modeltype");
-    s.edit_config(|v| v["model_type"] = "llava".into());
-    assert_names(&s.load(), &s.path("config.json"), "model_type");
+    s.edit_json("config.json", |v| v["model_type"] = "llava".into());
+    assert_names(&load_error(&s), &s.path("config.json"), "model_type");
 
     let s = Scratch::of("opt-tiny", "family");
-    s.edit_config(|v| v["text_config"]["model_type"] = "llama".into());
+    s.edit_json("config.json", |v| {
+        v["text_config"]["model_type"] = "llama".into()
+    });
     assert_names(
-        &s.load(),
+        &load_error(&s),
         &s.path("config.json"),
         "\"llama\" is not supported",
     );
 
     let s = Scratch::of("opt-tiny", "wrongtype");
-    s.edit_config(|v| v["vision_config"]["hidden_size"] = "wide".into());
+    s.edit_json("config.json", |v| {
+        v["vision_config"]["hidden_size"] = "wide".into()
+    });
     assert_names(
-        &s.load(),
+        &load_error(&s),
         &s.path("config.json"),
         "vision_config.hidden_size",
     );
 
     let s = Scratch::of("opt-tiny", "activation");
-    s.edit_config(|v| v["text_config"]["activation_function"] = "quick_gelu".into());
+    s.edit_json("config.json", |v| {
+        v["text_config"]["activation_function"] = "quick_gelu".into()
+    });
     assert_names(
-        &s.load(),
+        &load_error(&s),
         &s.path("config.json"),
         "text_config.activation_function: activation \"quick_gelu\" is not supported",
     );
@@ -123,7 +95,7 @@ fn generation_config_with_a_wrongly_typed_value() {
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         v[key] = value;
         std::fs::write(&path, v.to_string()).unwrap();
-        assert_names(&s.load(), &path, key);
+        assert_names(&load_error(&s), &path, key);
     }
 }
 
@@ -132,7 +104,7 @@ fn weights_missing_truncated_or_misshapen() {
     let s = Scratch::of("opt-tiny-sharded-f16", "shard");
     std::fs::remove_file(s.path("model-00002-of-00006.safetensors")).unwrap();
     assert_names(
-        &s.load(),
+        &load_error(&s),
         &s.path("model-00002-of-00006.safetensors"),
         "missing",
     );
@@ -140,7 +112,7 @@ fn weights_missing_truncated_or_misshapen() {
     let s = Scratch::of("opt-tiny", "truncated");
     let bytes = std::fs::read(s.path("model.safetensors")).unwrap();
     std::fs::write(s.path("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-    assert_names(&s.load(), &s.path("model.safetensors"), "safetensors");
+    assert_names(&load_error(&s), &s.path("model.safetensors"), "safetensors");
 
     let s = Scratch::of("opt-tiny", "garbage");
     std::fs::write(
@@ -148,16 +120,16 @@ fn weights_missing_truncated_or_misshapen() {
         b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage",
     )
     .unwrap();
-    assert_names(&s.load(), &s.path("model.safetensors"), "safetensors");
+    assert_names(&load_error(&s), &s.path("model.safetensors"), "safetensors");
 
     let s = Scratch::of("opt-tiny", "noweights");
     std::fs::remove_file(s.path("model.safetensors")).unwrap();
-    assert_names(&s.load(), &s.0, "no model.safetensors");
+    assert_names(&load_error(&s), &s.0, "no model.safetensors");
 
     // A config that disagrees with the stored tensors: the error names the tensor and shapes.
     let s = Scratch::of("opt-tiny", "shape");
-    s.edit_config(|v| v["num_query_tokens"] = 7.into());
-    let err = s.load();
+    s.edit_json("config.json", |v| v["num_query_tokens"] = 7.into());
+    let err = load_error(&s);
     assert_names(&err, &s.path("model.safetensors"), "query_tokens");
     assert!(err.to_string().contains("shape"), "{err}");
 }
@@ -166,12 +138,12 @@ fn weights_missing_truncated_or_misshapen() {
 fn tokenizer_missing_or_invalid() {
     let s = Scratch::of("t5-tiny", "notok");
     std::fs::remove_file(s.path("tokenizer.json")).unwrap();
-    assert_names(&s.load(), &s.path("tokenizer.json"), "missing");
+    assert_names(&load_error(&s), &s.path("tokenizer.json"), "missing");
 
     let s = Scratch::of("t5-tiny", "badtok");
     std::fs::write(s.path("tokenizer.json"), "{\"model\": 3}").unwrap();
     assert_names(
-        &s.load(),
+        &load_error(&s),
         &s.path("tokenizer.json"),
         "cannot load tokenizer",
     );

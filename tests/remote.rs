@@ -3,7 +3,6 @@
 //! local backend's token for token, the frame arrives bit-exact, a batch's requests are in
 //! flight together, and the API key is sent but never shown.
 
-mod common;
 mod gst_common;
 mod remote_server;
 
@@ -12,6 +11,7 @@ use std::time::Duration;
 
 use gst::glib;
 use gst::prelude::*;
+use gst_common::common;
 use gst_common::*;
 use gstblip2::engine::openai::{ImageFormat, OpenAiCaptioner, RemoteConfig};
 use gstblip2::engine::{self, BatchItem, CancelToken, Captioner};
@@ -441,11 +441,7 @@ fn api_key_defaults_to_the_environment_and_stays_out_of_logs() {
         .env("GST_DEBUG_NO_COLOR", "1")
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("1 passed"), "the child ran: {text}");
     assert!(

@@ -4,7 +4,6 @@
 //! reaches its element, and the process's memory stays flat. Prints the numbers
 //! (`--nocapture`).
 
-mod common;
 mod gst_common;
 mod remote_server;
 
@@ -13,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
+use gst_common::common;
 use gst_common::*;
 use gstblip2::engine;
 use gstblip2::model::{DTypeChoice, DeviceChoice};

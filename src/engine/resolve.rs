@@ -89,14 +89,8 @@ fn not_cached(model: &str, id: &HubId, repo: &RepoCache) -> ResolveError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::scratch;
     use std::time::Duration;
-
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("blip2-resolve-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
 
     /// Offline settings on `cache`: these tests never reach a network.
     fn offline(cache: &Path) -> HubSettings {

@@ -324,16 +324,7 @@ fn parse_size(path: &Path, v: &Value) -> Result<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    /// A fresh empty directory under the system temp dir.
-    fn tempdir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("blip2-processor-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::test_support::scratch;
 
     /// `preprocessor_config.json` of Salesforce/blip2-opt-2.7b.
     const BLIP2_PREPROCESSOR: &str = r#"{
@@ -357,7 +348,7 @@ mod tests {
 
     #[test]
     fn reads_preprocessor_config() {
-        let dir = tempdir("flat");
+        let dir = scratch("flat");
         std::fs::write(dir.join(PREPROCESSOR_CONFIG), BLIP2_PREPROCESSOR).unwrap();
         let (cfg, warnings) = ImageProcessorConfig::from_snapshot(&dir, 224).unwrap();
         // Parsed exactly: the JSON's 0.00392156862745098 is Python's 1 / 255.
@@ -369,7 +360,7 @@ mod tests {
 
     #[test]
     fn processor_config_entry_wins() {
-        let dir = tempdir("nested");
+        let dir = scratch("nested");
         let nested = r#"{"image_processor": {"size": {"height": 364, "width": 364}, "resample": 2,
             "image_mean": 0.5, "image_std": [0.5, 0.5, 0.5], "some_future_key": [1, {}]},
             "processor_class": "Blip2Processor", "num_query_tokens": 32}"#;
@@ -401,7 +392,7 @@ mod tests {
 
     #[test]
     fn missing_configs_fall_back_with_a_warning() {
-        let dir = tempdir("none");
+        let dir = scratch("none");
         let (cfg, warnings) = ImageProcessorConfig::from_snapshot(&dir, 224).unwrap();
         assert_eq!(cfg, ImageProcessorConfig::with_size(224));
         assert!(
@@ -412,7 +403,7 @@ mod tests {
 
     #[test]
     fn bad_configs_name_the_file() {
-        let dir = tempdir("bad");
+        let dir = scratch("bad");
         let cases = [
             (PREPROCESSOR_CONFIG, "{\"size\": ", "not valid JSON"),
             (PREPROCESSOR_CONFIG, r#"{"do_resize": "yes"}"#, "do_resize"),

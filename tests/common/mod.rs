@@ -16,6 +16,63 @@ pub fn model_dir(name: &str) -> PathBuf {
     fixtures().join("models").join(name)
 }
 
+/// A fresh, empty folder for files a test writes (unique per process and name). The one
+/// temp-dir helper of the tests (tests/gst_common re-exports it).
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gstblip2-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A private copy of a fixture snapshot that a test may break; removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn of(model: &str, tag: &str) -> Self {
+        let dir = scratch(&format!("{model}-{tag}"));
+        for entry in std::fs::read_dir(model_dir(model)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+        Scratch(dir)
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+
+    /// Rewrites the JSON file `file` of the copy through `edit`.
+    pub fn edit_json(&self, file: &str, edit: impl FnOnce(&mut Value)) {
+        let path = self.path(file);
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(path, v.to_string()).unwrap();
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// target/<profile>/examples/NAME, built by `cargo test` alongside the tests.
+pub fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile = exe.parent().and_then(Path::parent).unwrap();
+    profile.join("examples").join(name)
+}
+
+/// A finished child process's stdout then stderr, for assertions and failure messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 pub fn image_path(name: &str) -> PathBuf {
     fixtures().join("images").join(name)
 }

@@ -11,12 +11,27 @@ use gst::prelude::*;
 use gstblip2::engine::{self, Captioner};
 use gstblip2::model::{self, Caption, GenerationParams, RgbImage};
 
+// The fixture paths and the temp-dir helper, shared with the non-GStreamer tests.
+#[path = "../common/mod.rs"]
+pub mod common;
+#[allow(unused_imports)] // each test binary uses some
+pub use common::{Scratch, model_dir, output_text, scratch};
+
 pub fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         gst::init().unwrap();
         gstblip2::plugin_register_static().expect("registering the blip2 plugin");
     });
+}
+
+/// A `blip2caption` on `model` with `props` set from strings, as gst-launch sets them.
+pub fn element(model: &str, props: &[(&str, &str)]) -> gst::Element {
+    let mut b = gst::ElementFactory::make("blip2caption").property("model", model);
+    for (k, v) in props {
+        b = b.property_from_str(k, v);
+    }
+    b.build().unwrap()
 }
 
 /// What the fake saw, for assertions.
@@ -206,12 +221,16 @@ pub fn u64_field(s: &gst::StructureRef, name: &str) -> u64 {
     s.get::<u64>(name).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-/// A fresh, empty folder for files a test writes (unique per process and name).
-pub fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("blip2-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// The buffers subparse reads back from the subtitle file `path` (SRT, WebVTT).
+pub fn subparse_buffers(path: &std::path::Path) -> Vec<gst::Buffer> {
+    let p = pipeline(&format!(
+        "filesrc location={} ! subparse ! appsink name=t sync=false",
+        path.display()
+    ));
+    let bufs = collect(&p, "t");
+    let run = run_to_eos(&p, Duration::from_secs(20));
+    assert!(run.errors.is_empty(), "{:?}", run.errors);
+    std::mem::take(&mut *bufs.lock().unwrap())
 }
 
 /// Demuxes `path` with `demuxer` (e.g. matroskademux, qtdemux) and returns the buffers of its
