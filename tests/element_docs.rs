@@ -39,6 +39,10 @@ fn type_of(p: &glib::ParamSpec) -> String {
         let nicks: Vec<_> = class.values().iter().map(|v| v.nick()).collect();
         return format!("enum ({})", nicks.join(", "));
     }
+    if let Some(p) = p.downcast_ref::<gst::ParamSpecArray>() {
+        let element = p.element_spec().map_or("values".into(), type_of);
+        return format!("{} of {element}", ty.name());
+    }
     match ty {
         glib::Type::STRING => "string".into(),
         t => t.name().into(),
@@ -52,6 +56,11 @@ fn default_of(p: &glib::ParamSpec) -> Option<String> {
     }
     if let Ok(Some(s)) = v.get::<Option<String>>() {
         return Some(format!("{s:?}"));
+    }
+    if let Ok(array) = v.get::<gst::Array>()
+        && array.is_empty()
+    {
+        return Some("empty".into());
     }
     if let Some((_, e)) = glib::EnumValue::from_value(v) {
         return Some(e.nick().to_string());
