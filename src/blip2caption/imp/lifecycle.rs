@@ -1,6 +1,7 @@
 //! State changes: loading (or sharing) the model in the background on NULL→READY, waking
 //! waiters on PAUSED→READY, resetting streaming state, freeing the model on READY→NULL.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use gst::prelude::*;
@@ -42,7 +43,7 @@ impl Blip2Caption {
         let element = self.obj().clone();
         let spawned = std::thread::Builder::new()
             .name("blip2-load".into())
-            .spawn(move || element.imp().finish_load(&settings, generation));
+            .spawn(move || element.imp().load_guarded(&settings, generation));
         if let Err(e) = spawned {
             gst::element_imp_error!(
                 self,
@@ -53,6 +54,33 @@ impl Blip2Caption {
             return Err(gst::StateChangeError);
         }
         Ok(())
+    }
+
+    /// The load thread's body. A panic anywhere below (candle, a tokenizer, a download) must
+    /// not leave the slot in "loading": complete mode's streaming thread waits on it and would
+    /// hang with no error. It becomes an ERROR naming the model, and the slot is released.
+    fn load_guarded(&self, settings: &Settings, generation: u64) {
+        let loaded = catch_unwind(AssertUnwindSafe(|| self.finish_load(settings, generation)));
+        if let Err(panic) = loaded {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            if !self.model.finish(generation, None) {
+                return; // the element went to NULL meanwhile: nobody waits for this load
+            }
+            self.post_progress(gst::ProgressType::Error, "Model loading failed");
+            gst::element_imp_error!(
+                self,
+                gst::LibraryError::Failed,
+                (
+                    "Internal error while loading model `{}` (property `model`): {}",
+                    settings.model,
+                    why
+                )
+            );
+        }
     }
 
     /// The load thread: loads, then hands the model to the element unless the element went to
