@@ -215,7 +215,15 @@ fn realtime_caption_meta_rides_on_a_later_frame() {
 fn complete_mode_meta_is_on_the_analysed_frame() {
     init();
     let model = install("complete-meta", Fake::new(50));
-    let el = element(&model, &[("mode", "complete"), ("interval", "200000000")]);
+    // A window of one: each frame leaves as soon as its own caption is back.
+    let el = element(
+        &model,
+        &[
+            ("mode", "complete"),
+            ("interval", "200000000"),
+            ("max-in-flight", "1"),
+        ],
+    );
     let (mut h, _th) = start_harnesses(&el, CAPS);
     for i in 0..4 {
         h.push(frame(i, 7 * i as u8)).unwrap();
@@ -396,7 +404,7 @@ fn realtime_mode_never_blocks_video_and_counts_drops() {
     let model = install("realtime-slow", fake.clone());
     let p = pipeline(&format!(
         "videotestsrc is-live=true num-buffers=60 ! video/x-raw,format=YUY2,width=64,height=48,framerate=30/1 \
-         ! blip2caption name=c model={model} interval=0 ! appsink name=v sync=true \
+         ! blip2caption name=c model={model} interval=0 max-in-flight=1 ! appsink name=v sync=true \
          c.text_src ! fakesink sync=false"
     ));
     let video = collect(&p, "v");
@@ -454,19 +462,20 @@ fn elements_share_one_model_and_batch() {
     let model = install("shared", fake.clone());
     let p = pipeline(&format!(
         "videotestsrc num-buffers=20 ! video/x-raw,width=32,height=32,framerate=10/1 \
-         ! blip2caption name=a model={model} interval=0 ! fakesink sync=false \
+         ! blip2caption name=a model={model} interval=0 max-in-flight=1 ! fakesink sync=false \
          videotestsrc num-buffers=20 pattern=black ! video/x-raw,width=32,height=32,framerate=10/1 \
-         ! blip2caption name=b model={model} interval=0 ! fakesink sync=false \
+         ! blip2caption name=b model={model} interval=0 max-in-flight=1 ! fakesink sync=false \
          videotestsrc num-buffers=20 pattern=white ! video/x-raw,width=32,height=32,framerate=10/1 \
-         ! blip2caption name=c model={model} interval=0 ! fakesink sync=false"
+         ! blip2caption name=c model={model} interval=0 max-in-flight=1 ! fakesink sync=false"
     ));
     let run = run_to_eos(&p, Duration::from_secs(30));
     assert!(run.errors.is_empty(), "{:?}", run.errors);
     assert_eq!(run.captions.len(), 60);
     let calls = fake.calls.lock().unwrap();
     assert_eq!(calls.threads.len(), 1, "one worker serves all elements");
-    // Complete mode waits for each caption, so two elements alone would take turns; with three,
-    // the two that wait while the worker serves the third meet in one batch.
+    // With a window of one, complete mode waits for each caption, so two elements alone would
+    // take turns; with three, the two that wait while the worker serves the third meet in one
+    // batch.
     assert!(calls.batches.contains(&2), "{:?}", calls.batches);
     assert_eq!(calls.batches.iter().sum::<usize>(), 60);
 }
@@ -609,5 +618,6 @@ fn caption_message_fields() {
     assert_eq!(s.get::<&str>("model").unwrap(), model);
     assert_eq!(u64_field(s, "stream-time"), SEC);
     assert_eq!(s.get::<u32>("tokens").unwrap(), 2);
-    assert_eq!(s.get::<u32>("batch-size").unwrap(), 1);
+    // The three samples of this short file went to the model together (`max-in-flight` 8).
+    assert_eq!(s.get::<u32>("batch-size").unwrap(), 3);
 }

@@ -69,7 +69,8 @@ fn two_elements_in_series_put_their_answers_in_one_meta() {
             assert_eq!(s.name(), gstblip2::ANSWER_NAME);
             assert_eq!(u64_field(s, "pts"), i as u64 * SEC);
             assert_eq!(s.get::<u32>("tokens").unwrap(), 2, "the fake's two ids");
-            assert_eq!(s.get::<u32>("batch-size").unwrap(), 1);
+            // Each element's three samples went to its model together (`max-in-flight` 8).
+            assert_eq!(s.get::<u32>("batch-size").unwrap(), 3);
         }
     }
 
@@ -110,6 +111,8 @@ fn stream_time_follows_the_segment_beside_running_time() {
         .name("c")
         .property("model", &model)
         .property_from_str("mode", "complete")
+        // A window of one: the frame leaves as soon as its answer is back.
+        .property_from_str("max-in-flight", "1")
         .build()
         .unwrap();
     let (mut h, _th) = start_harnesses(

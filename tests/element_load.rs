@@ -169,7 +169,7 @@ fn realtime_drops_and_counts_samples_until_the_model_is_ready() {
 #[test]
 fn complete_mode_waits_for_the_model_for_its_first_sample() {
     let dir = gated_model("complete");
-    let (el, bus) = element_on_bus(&dir, &[("mode", "complete")]);
+    let (el, bus) = element_on_bus(&dir, &[("mode", "complete"), ("max-in-flight", "1")]);
     let mut h = gst_check::Harness::with_element(&el, Some("sink"), Some("src"));
     let _th = gst_check::Harness::with_element(&el, None, Some("text_src"));
     h.set_src_caps_str(CAPS);

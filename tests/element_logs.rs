@@ -35,6 +35,8 @@ fn debug_log_of_a_run() -> String {
             "blip2caption",
             "name=cap",
             "mode=complete",
+            // One sample at a time: one model call per sample.
+            "max-in-flight=1",
             "max-new-tokens=4",
         ])
         .arg(format!("model={}", model.display()))

@@ -315,9 +315,10 @@ fn check(source: Source, consumer: Consumer, size: Size, out: &Output) {
             out.frames
         );
     }
-    // A live source stamps frames with the clock: the first one is a little after 0.
+    // A live source stamps frames with the clock: the first one is a little after 0 (later on a
+    // loaded machine).
     let first = out.first_pts;
-    assert!(first < frame, "{tag}: first frame at {first}");
+    assert!(first < INTERVAL / 2, "{tag}: first frame at {first}");
     let stream_end = first + out.frames * frame;
     // The first frame at or after each multiple of the interval (running time = PTS here).
     let mut starts = vec![first];

@@ -353,7 +353,7 @@ fn odd_prompts_reach_the_model_unchanged() {
     ];
     let caps = "video/x-raw,format=RGB,width=4,height=2,framerate=1/1";
     let vi = info(caps);
-    let el = element(&model, &[("mode", "complete")]);
+    let el = element(&model, &[("mode", "complete"), ("max-in-flight", "1")]);
     let (mut h, mut th) = start_harnesses(&el, caps);
     for (i, p) in prompts.iter().enumerate() {
         el.set_property("prompt", p);
@@ -431,6 +431,48 @@ fn new_tokens_beyond_the_positions_are_capped() {
     }
 }
 
+/// Requests of several elements share batches: a prompt too long for the model fails alone,
+/// the other requests of its batch are answered (one element's prompt must not fail another's).
+#[test]
+fn a_prompt_too_long_fails_alone_in_a_shared_batch() {
+    init();
+    let blip2 = gstblip2::engine::load_blip2(
+        &model_dir("opt-tiny"),
+        DeviceChoice::Cpu,
+        DTypeChoice::F32,
+        &mut |_| {},
+    )
+    .unwrap();
+    let long = "a ".repeat(600);
+    let image = RgbImage::new(8, 8, vec![90; 8 * 8 * 3]).unwrap();
+    let items = ["", long.as_str(), "Question: what? Answer:"]
+        .iter()
+        .map(|p| gstblip2::engine::BatchItem {
+            input: blip2.prepare(image.clone()).unwrap(),
+            prompt: p.to_string(),
+            retry_transient: false,
+            cancel: gstblip2::engine::CancelToken::never(),
+        })
+        .collect();
+    let results = blip2.caption_batch(items, &GenerationParams::default());
+    assert_eq!(results.len(), 3);
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(
+        matches!(
+            results[1],
+            Err(gstblip2::engine::CaptionError::TooLong { .. })
+        ),
+        "{:?}",
+        results[1]
+    );
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    // Each answer is the one it gets alone.
+    let alone = blip2
+        .caption(&[image], "", &GenerationParams::default())
+        .unwrap();
+    assert_eq!(results[0].as_ref().unwrap().token_ids, alone[0].token_ids);
+}
+
 /// `model` changed while PLAYING is applied at the next NULL→READY (documented).
 #[test]
 fn model_change_while_playing_applies_at_next_ready() {
@@ -447,14 +489,16 @@ fn model_change_while_playing_applies_at_next_ready() {
     p.set_state(gst::State::Paused).unwrap();
     p.by_name("c").unwrap().set_property("model", &mb);
     let run = run_to_eos(&p, Duration::from_secs(10));
+    // (Frames captioned by each model, whatever the batching.)
+    let images = |f: &Arc<Fake>| f.calls.lock().unwrap().means.len();
     assert_eq!(run.captions.len(), 3);
-    assert_eq!(a.calls.lock().unwrap().batches.len(), 3);
-    assert!(b.calls.lock().unwrap().batches.is_empty());
+    assert_eq!(images(&a), 3);
+    assert_eq!(images(&b), 0);
     while bus.pop().is_some() {}
     let run = run_to_eos(&p, Duration::from_secs(10));
     assert_eq!(run.captions.len(), 3);
-    assert_eq!(a.calls.lock().unwrap().batches.len(), 3);
-    assert_eq!(b.calls.lock().unwrap().batches.len(), 3);
+    assert_eq!(images(&a), 3);
+    assert_eq!(images(&b), 3);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -480,7 +524,7 @@ fn every_accepted_raw_format_is_captioned() {
         else {
             continue;
         };
-        let el = element(&model, &[("mode", "complete")]);
+        let el = element(&model, &[("mode", "complete"), ("max-in-flight", "1")]);
         let (mut h, _th) = start_harnesses(&el, &caps);
         let before = fake.calls.lock().unwrap().sizes.len();
         let res = h.push(frame_of(&vi, Some(0), 128));
@@ -500,7 +544,14 @@ fn extreme_sizes_and_mid_stream_renegotiation() {
     init();
     let fake = Fake::new(0);
     let model = install("faults-sizes", fake.clone());
-    let el = element(&model, &[("mode", "complete"), ("interval", "0")]);
+    let el = element(
+        &model,
+        &[
+            ("mode", "complete"),
+            ("interval", "0"),
+            ("max-in-flight", "1"),
+        ],
+    );
     let sizes = [
         ("RGB", 1, 1),
         ("I420", 2, 3),
@@ -558,7 +609,7 @@ fn buffers_without_pts_are_sampled_in_arrival_order() {
     let model = install("faults-nopts", Fake::new(0));
     let caps = "video/x-raw,format=RGB,width=4,height=2,framerate=10/1";
     let vi = info(caps);
-    let el = element(&model, &[("mode", "complete")]);
+    let el = element(&model, &[("mode", "complete"), ("max-in-flight", "1")]);
     let (mut h, mut th) = start_harnesses(&el, caps);
     for i in 0..25 {
         h.push(frame_of(&vi, None, i as u8)).unwrap();
@@ -581,7 +632,7 @@ fn discontinuity_samples_the_first_frame_after_the_jump() {
     let model = install("faults-discont", Fake::new(0));
     let caps = "video/x-raw,format=RGB,width=4,height=2,framerate=10/1";
     let vi = info(caps);
-    let el = element(&model, &[("mode", "complete")]);
+    let el = element(&model, &[("mode", "complete"), ("max-in-flight", "1")]);
     let (mut h, mut th) = start_harnesses(&el, caps);
     for i in 0..5 {
         h.push(frame_of(&vi, Some(i * SEC / 10), 1)).unwrap();
@@ -906,7 +957,7 @@ fn inference_error_in_complete_mode_is_an_error_and_the_worker_recovers() {
     let (model, _f) = flaky("faults-flaky-complete", |n| n == 1);
     let desc = format!(
         "videotestsrc num-buffers=3 ! video/x-raw,width=32,height=32,framerate=1/1 \
-         ! blip2caption model={model} mode=complete ! fakesink sync=false"
+         ! blip2caption model={model} mode=complete max-in-flight=1 ! fakesink sync=false"
     );
     let run = run_to_eos(&pipeline(&desc), Duration::from_secs(60));
     assert_eq!(run.errors.len(), 1, "{run:?}");

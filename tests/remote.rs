@@ -176,7 +176,9 @@ fn a_batch_goes_out_concurrently() {
     let remote = OpenAiCaptioner::new(config(&server.url(), "m"));
     let items = (0..4u8)
         .map(|i| BatchItem {
-            image: RgbImage::new(2, 2, vec![i; 12]).unwrap(),
+            input: remote
+                .prepare(RgbImage::new(2, 2, vec![i; 12]).unwrap())
+                .unwrap(),
             prompt: String::new(),
             retry_transient: false,
             cancel: CancelToken::never(),

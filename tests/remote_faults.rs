@@ -24,11 +24,13 @@ fn stat(s: &gst::Structure, name: &str) -> u64 {
 }
 
 /// `frames` frames at 10 fps, each one a sample, through `blip2caption backend=openai`.
+/// One sample in flight: the schedules below count requests in order.
 fn remote_pipeline(url: &str, frames: u32, live: bool, props: &str) -> gst::Pipeline {
     pipeline(&format!(
         "videotestsrc is-live={live} num-buffers={frames} \
          ! video/x-raw,width=16,height=16,framerate=10/1 \
-         ! blip2caption name=c backend=openai server-url={url} model=served interval=0 {props} \
+         ! blip2caption name=c backend=openai server-url={url} model=served interval=0 \
+           max-in-flight=1 {props} \
          ! appsink name=v sync=false wait-on-eos=false"
     ))
 }

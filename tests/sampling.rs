@@ -373,7 +373,7 @@ fn prompts_answer_every_sample_in_one_call_with_one_message_per_prompt() {
     engine::register_captioner(model, recorder.clone());
     let p = pipeline(&format!(
         "videotestsrc num-buffers=20 ! video/x-raw,format=RGB,width=32,height=24,framerate=10/1 \
-         ! blip2caption name=c model={model} prompt=unused \
+         ! blip2caption name=c model={model} prompt=unused max-in-flight=1 \
            prompts=\"<\\\"\\\", \\\"{Q}\\\">\" ! appsink name=v sync=false \
          c.text_src ! appsink name=t sync=false"
     ));
@@ -382,7 +382,7 @@ fn prompts_answer_every_sample_in_one_call_with_one_message_per_prompt() {
     let run = run_to_eos(&p, Duration::from_secs(30));
     assert!(run.errors.is_empty(), "{:?}", run.errors);
 
-    // One model call per sample, with both prompts in order.
+    // One model call per sample (one sample in flight), with both prompts in order.
     let calls = recorder.calls.lock().unwrap().clone();
     assert_eq!(calls, vec![vec![String::new(), Q.to_owned()]; 2]);
 
@@ -574,6 +574,8 @@ fn prompts_change_while_playing_applies_from_the_next_sample() {
         .property("model", &model)
         .property_from_str("mode", "complete")
         .property_from_str("interval", "0")
+        // One sample in flight: the model's calls come in sample order.
+        .property_from_str("max-in-flight", "1")
         .build()
         .unwrap();
     let mut h = gst_check::Harness::with_element(&el, Some("sink"), Some("src"));

@@ -17,6 +17,7 @@ mod properties;
 mod remote;
 mod sampling;
 mod state;
+mod window;
 
 use std::sync::{Arc, LazyLock, Mutex};
 

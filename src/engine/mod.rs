@@ -17,6 +17,7 @@ mod hub_error;
 mod hub_http;
 mod load_log;
 pub mod openai;
+mod prepared;
 mod resolve;
 mod worker;
 
@@ -31,6 +32,7 @@ pub use cache::{
 pub use error::{CaptionError, RemoteError, RemoteErrorKind, Result, redact_url};
 pub use hub::{DownloadProgress, HubId, HubSettings, LoadProgress};
 pub use hub_error::{LoadError, ResolveError, ResolveErrorKind};
+pub use prepared::Prepared;
 pub use resolve::resolve_model;
 pub use worker::{BatchItem, CancelToken, Client, Engine, Outcome, Request, Ticket, WaitError};
 
@@ -84,19 +86,31 @@ pub trait Captioner: Send + Sync {
             .collect())
     }
 
-    /// What the worker calls: one result per item, in order. The default runs `caption_each`
-    /// and gives a failure to every item; backends whose requests are independent (remote
-    /// servers) answer each item on its own, honour [`BatchItem::retry_transient`] and stop
-    /// work for cancelled items.
+    /// The per-image work a request needs before the model runs (conversion, resizing,
+    /// normalisation, encoding), done on the submitting element's streaming thread so it
+    /// overlaps the worker's inference. What it returns reaches [`Captioner::caption_batch`] as
+    /// [`BatchItem::input`]. The default keeps the image as it is (for `caption_each`).
+    fn prepare(&self, image: RgbImage) -> Result<Prepared> {
+        Ok(Prepared::new(image))
+    }
+
+    /// What the worker calls: one result per item, in order. The default takes the items'
+    /// images (prepared by the default [`Captioner::prepare`]) to `caption_each` and gives a
+    /// failure to every item; backends whose requests are independent (remote servers) answer
+    /// each item on its own, honour [`BatchItem::retry_transient`] and stop work for cancelled
+    /// items.
     fn caption_batch(
         &self,
         items: Vec<BatchItem>,
         params: &GenerationParams,
     ) -> Vec<Result<Caption>> {
         let n = items.len();
-        let prompts: Vec<String> = items.iter().map(|i| i.prompt.clone()).collect();
-        let images: Vec<RgbImage> = items.into_iter().map(|i| i.image).collect();
-        let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let prompts: Vec<&str> = items.iter().map(|i| i.prompt.as_str()).collect();
+        let images: Option<Vec<RgbImage>> =
+            items.iter().map(|i| i.input.image().cloned()).collect();
+        let Some(images) = images else {
+            return vec![Err(unexpected_input()); n];
+        };
         match self.caption_each(&images, &prompts, params) {
             Ok(captions) if captions.len() == n => captions.into_iter().map(Ok).collect(),
             Ok(captions) => {
@@ -138,9 +152,65 @@ impl Captioner for model::Blip2 {
         Ok(model::Blip2::caption_each(self, images, prompts, &params)?)
     }
 
+    /// Pixel values (1, 3, S, S) on the model's device, exactly as `Blip2Processor` makes them.
+    fn prepare(&self, image: RgbImage) -> Result<Prepared> {
+        Ok(Prepared::new(self.pixel_values(&[image])?))
+    }
+
+    /// One padded batch from the items' pixel values. An item whose prompt alone does not fit
+    /// the language model fails on its own: requests of several elements share batches, and
+    /// one element's prompt must not fail the others'.
+    fn caption_batch(
+        &self,
+        items: Vec<BatchItem>,
+        params: &GenerationParams,
+    ) -> Vec<Result<Caption>> {
+        let mut results: Vec<Option<Result<Caption>>> = items
+            .iter()
+            .map(|i| prompt_overflow(self, &i.prompt).map(Err))
+            .collect();
+        let runnable: Vec<usize> = (0..items.len()).filter(|&i| results[i].is_none()).collect();
+        if !runnable.is_empty() {
+            let run = || -> Result<Vec<Caption>> {
+                let pixels: Option<Vec<&candle_core::Tensor>> =
+                    runnable.iter().map(|&i| items[i].input.get()).collect();
+                let pixels = pixels.ok_or_else(unexpected_input)?;
+                let pixels = candle_core::Tensor::cat(&pixels, 0).map_err(model::Error::from)?;
+                let prompts: Vec<&str> =
+                    runnable.iter().map(|&i| items[i].prompt.as_str()).collect();
+                let params = fit_to_positions(self, &prompts, params)?;
+                Ok(self.caption_pixels_each(&pixels, &prompts, &params)?)
+            };
+            let n = runnable.len();
+            let answers: Vec<Result<Caption>> = match run() {
+                Ok(captions) if captions.len() == n => captions.into_iter().map(Ok).collect(),
+                Ok(captions) => {
+                    let e = CaptionError::Internal(format!(
+                        "model returned {} captions for {n} images",
+                        captions.len()
+                    ));
+                    vec![Err(e); n]
+                }
+                Err(e) => vec![Err(e); n],
+            };
+            for (i, answer) in runnable.into_iter().zip(answers) {
+                results[i] = Some(answer);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every item answered"))
+            .collect()
+    }
+
     fn load_warnings(&self) -> Vec<String> {
         self.warnings().to_vec()
     }
+}
+
+/// A batch item that its backend's `prepare` did not make.
+fn unexpected_input() -> CaptionError {
+    CaptionError::Internal("a request's input was prepared for another backend".into())
 }
 
 /// Caps `max_new_tokens` (and `min_new_tokens` with it) at what OPT's learned positions leave
@@ -166,6 +236,22 @@ fn fit_to_positions(
     }
     params.min_new_tokens = params.min_new_tokens.min(params.max_new_tokens);
     Ok(params)
+}
+
+/// The error for a prompt that alone fills OPT's learned positions (image tokens included), if
+/// it does. Flan-T5 has relative positions and no such limit.
+fn prompt_overflow(model: &model::Blip2, prompt: &str) -> Option<CaptionError> {
+    let model::config::TextConfig::Opt(opt) = &model.config().text else {
+        return None;
+    };
+    let used = match model.input_ids(prompt) {
+        Ok(ids) => ids.len(),
+        Err(e) => return Some(e.into()),
+    };
+    (used > opt.max_position_embeddings).then_some(CaptionError::TooLong {
+        prompt_positions: used,
+        max_positions: opt.max_position_embeddings,
+    })
 }
 
 /// Loads BLIP-2 from a resolved snapshot folder; `progress` hears each loading stage.

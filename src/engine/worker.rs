@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{CaptionError, Captioner};
+use super::{CaptionError, Captioner, Prepared};
 use crate::model::{Caption, GenerationParams, RgbImage};
 use crate::sync::{lock, wait};
 
@@ -21,7 +21,8 @@ pub struct Ticket(pub u64);
 /// One image to caption.
 #[derive(Clone, Debug)]
 pub struct Request {
-    pub image: RgbImage,
+    /// The image as [`Client::prepare`] made it.
+    pub input: Prepared,
     pub prompt: String,
     pub params: GenerationParams,
     /// Largest batch this request may be part of (the submitting element's `max-batch`).
@@ -33,7 +34,8 @@ pub struct Request {
 
 /// One request of a batch, as [`Captioner::caption_batch`] receives it.
 pub struct BatchItem {
-    pub image: RgbImage,
+    /// What the backend's [`Captioner::prepare`] made of the image.
+    pub input: Prepared,
     pub prompt: String,
     pub retry_transient: bool,
     /// Says when nobody waits for this answer any more.
@@ -73,6 +75,8 @@ pub struct Outcome {
     /// Wall-clock time of the `caption` call that produced it (the whole batch).
     pub inference_time: Duration,
     pub batch_size: usize,
+    /// When the answer reached the mailbox (with the submission time: how late it is).
+    pub answered_at: Instant,
 }
 
 /// Why [`Client::wait_for`] returned without an outcome.
@@ -188,15 +192,28 @@ pub struct Client {
 }
 
 impl Client {
+    /// The backend's per-image preparation ([`Captioner::prepare`]), on the calling thread: an
+    /// element calls it on its streaming thread, so it overlaps the worker's inference.
+    pub fn prepare(&self, image: RgbImage) -> Result<Prepared, CaptionError> {
+        self.engine.shared.captioner.prepare(image)
+    }
+
     /// Queues `request` behind everything already queued.
     pub fn submit(&self, request: Request) -> Ticket {
-        self.enqueue(vec![request], false).0[0]
+        self.enqueue(vec![vec![request]], None).0[0][0]
+    }
+
+    /// Queues several groups (as [`Client::submit_group`] makes them) behind everything already
+    /// queued, all under one lock: the worker sees them together and batches them (up to
+    /// `max_batch`, never splitting a group). Returns each group's tickets, in order.
+    pub fn submit_groups(&self, groups: Vec<Vec<Request>>) -> Vec<Vec<Ticket>> {
+        self.enqueue(groups, None).0
     }
 
     /// Queues `request`, removing this client's requests that the worker has not started yet
     /// (realtime: only the newest sample matters). Returns the new ticket and the replaced ones.
     pub fn submit_replacing(&self, request: Request) -> (Ticket, Vec<Ticket>) {
-        let (tickets, replaced) = self.enqueue(vec![request], true);
+        let (tickets, replaced) = self.submit_group_bounded(vec![request], 1);
         (tickets[0], replaced)
     }
 
@@ -210,41 +227,73 @@ impl Client {
         requests: Vec<Request>,
         replace: bool,
     ) -> (Vec<Ticket>, Vec<Ticket>) {
-        self.enqueue(requests, replace)
+        match replace {
+            true => self.submit_group_bounded(requests, 1),
+            false => (self.submit_groups(vec![requests]).remove(0), Vec::new()),
+        }
     }
 
-    fn enqueue(&self, requests: Vec<Request>, replace: bool) -> (Vec<Ticket>, Vec<Ticket>) {
-        let tickets: Vec<Ticket> = requests
+    /// Queues one group, then removes this client's oldest groups that the worker has not
+    /// started yet while more than `max_waiting` of them wait (realtime with a window of
+    /// samples: only the newest ones matter). Returns the new tickets and the removed ones.
+    pub fn submit_group_bounded(
+        &self,
+        requests: Vec<Request>,
+        max_waiting: usize,
+    ) -> (Vec<Ticket>, Vec<Ticket>) {
+        let (mut tickets, replaced) = self.enqueue(vec![requests], Some(max_waiting.max(1)));
+        (tickets.remove(0), replaced)
+    }
+
+    /// Queues `groups` under one lock (the worker never sees part of a group); with
+    /// `max_waiting`, this client's oldest waiting groups are removed first until, with the new
+    /// ones, at most that many wait.
+    fn enqueue(
+        &self,
+        groups: Vec<Vec<Request>>,
+        max_waiting: Option<usize>,
+    ) -> (Vec<Vec<Ticket>>, Vec<Ticket>) {
+        let tickets: Vec<Vec<Ticket>> = groups
             .iter()
-            .map(|_| Ticket(NEXT_TICKET.fetch_add(1, Ordering::Relaxed)))
+            .map(|g| {
+                g.iter()
+                    .map(|_| Ticket(NEXT_TICKET.fetch_add(1, Ordering::Relaxed)))
+                    .collect()
+            })
             .collect();
-        let Some(&group) = tickets.first() else {
+        let new_groups = tickets.iter().filter(|t| !t.is_empty()).count();
+        if new_groups == 0 {
             return (tickets, Vec::new());
-        };
+        }
         let mut replaced = Vec::new();
         {
-            // One lock for the whole group: the worker never sees part of it.
             let mut queue = lock(&self.engine.shared.queue);
-            if replace {
-                replaced = remove_client_jobs(&mut queue, self.id);
+            if let Some(max) = max_waiting {
+                replaced =
+                    remove_oldest_groups(&mut queue, self.id, max.saturating_sub(new_groups));
             }
             // Register before the worker can see the jobs, so `wait_for` never misses them.
             let mut mb = lock(&self.mailbox.state);
             for t in &replaced {
                 mb.in_flight.remove(t);
             }
-            mb.in_flight.extend(tickets.iter().copied());
+            mb.in_flight.extend(tickets.iter().flatten().copied());
             let epoch = self.mailbox.epoch.load(Ordering::Acquire);
             drop(mb);
-            for (&ticket, request) in tickets.iter().zip(requests) {
-                queue.jobs.push_back(Job {
-                    ticket,
-                    group,
-                    client: self.id,
-                    request,
-                    mailbox: self.mailbox.clone(),
-                    epoch,
-                });
+            for (group_tickets, requests) in tickets.iter().zip(groups) {
+                let Some(&group) = group_tickets.first() else {
+                    continue;
+                };
+                for (&ticket, request) in group_tickets.iter().zip(requests) {
+                    queue.jobs.push_back(Job {
+                        ticket,
+                        group,
+                        client: self.id,
+                        request,
+                        mailbox: self.mailbox.clone(),
+                        epoch,
+                    });
+                }
             }
         }
         self.engine.shared.wake.notify_all();
@@ -320,6 +369,30 @@ impl Drop for Client {
     fn drop(&mut self) {
         self.cancel();
     }
+}
+
+/// Removes `client`'s oldest queued groups until at most `keep` of them are left.
+fn remove_oldest_groups(queue: &mut Queue, client: u64, keep: usize) -> Vec<Ticket> {
+    let mut groups: Vec<Ticket> = Vec::new();
+    for job in queue.jobs.iter().filter(|j| j.client == client) {
+        if groups.last() != Some(&job.group) {
+            groups.push(job.group);
+        }
+    }
+    let drop_groups: HashSet<Ticket> = groups
+        .iter()
+        .take(groups.len().saturating_sub(keep))
+        .copied()
+        .collect();
+    let mut removed = Vec::new();
+    queue.jobs.retain(|job| {
+        let gone = job.client == client && drop_groups.contains(&job.group);
+        if gone {
+            removed.push(job.ticket);
+        }
+        !gone
+    });
+    removed
 }
 
 fn remove_client_jobs(queue: &mut Queue, client: u64) -> Vec<Ticket> {
@@ -411,18 +484,11 @@ fn log_batch(results: &[Result<Caption, CaptionError>], took: Duration) {
     }
 }
 
-fn caption_batch(captioner: &dyn Captioner, mut batch: Vec<Job>) {
+fn caption_batch(captioner: &dyn Captioner, batch: Vec<Job>) {
     let items: Vec<BatchItem> = batch
-        .iter_mut()
+        .iter()
         .map(|job| BatchItem {
-            image: std::mem::replace(
-                &mut job.request.image,
-                RgbImage {
-                    width: 0,
-                    height: 0,
-                    data: Vec::new(),
-                },
-            ),
+            input: job.request.input.clone(),
             prompt: job.request.prompt.clone(),
             retry_transient: job.request.retry_transient,
             cancel: CancelToken {
@@ -469,6 +535,7 @@ fn caption_batch(captioner: &dyn Captioner, mut batch: Vec<Job>) {
                 result,
                 inference_time,
                 batch_size: n,
+                answered_at: Instant::now(),
             });
         }
         drop(mb);
@@ -521,7 +588,7 @@ mod tests {
 
     fn req(byte: u8, prompt: &str) -> Request {
         Request {
-            image: RgbImage::new(1, 1, vec![byte, 0, 0]).unwrap(),
+            input: Prepared::new(RgbImage::new(1, 1, vec![byte, 0, 0]).unwrap()),
             prompt: prompt.into(),
             params: GenerationParams::default(),
             max_batch: 8,
@@ -605,6 +672,37 @@ mod tests {
         assert_eq!(c.wait_for(queued).unwrap_err(), WaitError::Unknown);
     }
 
+    #[test]
+    fn a_bounded_submission_keeps_the_newest_waiting_requests() {
+        let (cap, gate) = gated();
+        let engine = Engine::spawn(cap.clone(), "t");
+        let c = engine.client();
+        let running = c.submit(req(1, ""));
+        wait_until(|| cap.batches.lock().unwrap().len() == 1);
+        let waiting: Vec<Ticket> = (2..=4)
+            .map(|i| {
+                let (t, dropped) = c.submit_group_bounded(vec![req(i, "")], 3);
+                assert!(dropped.is_empty());
+                t[0]
+            })
+            .collect();
+        // A fourth waiting request pushes out the oldest waiting one, not the running one.
+        let (newest, dropped) = c.submit_group_bounded(vec![req(5, "")], 3);
+        assert_eq!(dropped, vec![waiting[0]]);
+        let newest = newest[0];
+        for _ in 0..2 {
+            gate.send(()).unwrap();
+        }
+        assert_eq!(c.wait_for(running).unwrap().result.unwrap().text, "1");
+        // The three still waiting went to the model in one batch.
+        for (t, want) in [(waiting[1], "3"), (waiting[2], "4"), (newest, "5")] {
+            let o = c.wait_for(t).unwrap();
+            assert_eq!(o.result.unwrap().text, want);
+            assert_eq!(o.batch_size, 3);
+        }
+        assert_eq!(*cap.batches.lock().unwrap(), vec![1, 3]);
+    }
+
     /// Records the prompts of every `caption_batch` call; held at a gate like [`Gated`].
     struct GatedCalls {
         gate: Mutex<mpsc::Receiver<()>>,
@@ -636,7 +734,7 @@ mod tests {
                 .map(|i| {
                     Ok(Caption {
                         token_ids: vec![],
-                        text: format!("{}{}", i.prompt, i.image.data[0]),
+                        text: format!("{}{}", i.prompt, i.input.image().unwrap().data[0]),
                     })
                 })
                 .collect()
@@ -660,6 +758,32 @@ mod tests {
                 ..req(byte, p)
             })
             .collect()
+    }
+
+    #[test]
+    fn groups_submitted_together_are_batched_and_never_split() {
+        let (cap, gate) = gated_calls();
+        let engine = Engine::spawn(cap.clone(), "t");
+        let c = engine.client();
+        let running = c.submit(req(1, ""));
+        wait_until(|| cap.calls.lock().unwrap().len() == 1);
+        // Three samples of two prompts each, batches of up to four requests: the first two
+        // samples go together, the third alone (its group is not split to fill the batch).
+        let groups = (2..=4).map(|i| group(i, &["a", "b"], 4)).collect();
+        let tickets = c.submit_groups(groups);
+        assert_eq!(tickets.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2]);
+        for _ in 0..3 {
+            gate.send(()).unwrap();
+        }
+        assert_eq!(c.wait_for(running).unwrap().result.unwrap().text, "1");
+        for (group, byte) in tickets.iter().zip(2..) {
+            for (&t, prompt) in group.iter().zip(["a", "b"]) {
+                let o = c.wait_for(t).unwrap();
+                assert_eq!(o.result.unwrap().text, format!("{prompt}{byte}"));
+            }
+        }
+        let sizes: Vec<usize> = cap.calls.lock().unwrap().iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![1, 4, 2]);
     }
 
     #[test]

@@ -420,6 +420,24 @@ impl Blip2 {
         self.generate(pixel_values, &prompts, params)
     }
 
+    /// [`Blip2::caption_each`] from ready pixel values (B, 3, S, S), one prompt per row: the
+    /// engine prepares each frame's pixels before its request reaches the worker.
+    pub fn caption_pixels_each(
+        &self,
+        pixel_values: &Tensor,
+        prompts: &[&str],
+        params: &GenerationParams,
+    ) -> Result<Vec<Caption>> {
+        if pixel_values.dim(0)? != prompts.len() {
+            return Err(Error::Input(format!(
+                "{} images but {} prompts",
+                pixel_values.dim(0)?,
+                prompts.len()
+            )));
+        }
+        Ok(self.generate(pixel_values, prompts, params)?.0)
+    }
+
     fn generate(
         &self,
         pixel_values: &Tensor,

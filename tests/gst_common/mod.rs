@@ -355,3 +355,67 @@ impl Captioner for Counting {
             .collect())
     }
 }
+
+/// A captioner held at a gate: each model call records its batch size, then waits for a permit
+/// ([`Gate::open`]); tests decide exactly when answers come. Answers "mean N" like [`Fake`].
+#[derive(Default)]
+pub struct Gate {
+    permits: Mutex<usize>,
+    opened: std::sync::Condvar,
+    pub batches: Mutex<Vec<usize>>,
+    started: std::sync::Condvar,
+}
+
+impl Gate {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Lets `n` more model calls finish (`usize::MAX`: all from now on).
+    pub fn open(&self, n: usize) {
+        let mut p = self.permits.lock().unwrap();
+        *p = p.saturating_add(n);
+        self.opened.notify_all();
+    }
+
+    /// Waits (up to 30 s) until `n` model calls have started.
+    pub fn wait_started(&self, n: usize) {
+        let batches = self.batches.lock().unwrap();
+        let (batches, timeout) = self
+            .started
+            .wait_timeout_while(batches, Duration::from_secs(30), |b| b.len() < n)
+            .unwrap();
+        assert!(
+            !timeout.timed_out(),
+            "{n} model calls did not start: {batches:?}"
+        );
+    }
+}
+
+impl Captioner for Gate {
+    fn caption(
+        &self,
+        images: &[RgbImage],
+        prompt: &str,
+        _params: &GenerationParams,
+    ) -> engine::Result<Vec<Caption>> {
+        self.batches.lock().unwrap().push(images.len());
+        self.started.notify_all();
+        let mut p = self.permits.lock().unwrap();
+        while *p == 0 {
+            p = self.opened.wait(p).unwrap();
+        }
+        *p -= 1;
+        drop(p);
+        Ok(images
+            .iter()
+            .map(|im| {
+                let mean = im.data.iter().map(|&b| b as u64).sum::<u64>() / im.data.len() as u64;
+                Caption {
+                    token_ids: vec![1],
+                    text: Fake::text_for(prompt, mean),
+                }
+            })
+            .collect())
+    }
+}

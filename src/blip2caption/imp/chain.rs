@@ -1,6 +1,8 @@
 //! The sink pad's chain function: mode choice, sampling, conversion and submission to the model,
 //! and the order in which frames leave.
 
+use std::time::{Duration, Instant};
+
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
@@ -9,15 +11,12 @@ use super::super::convert::ToRgb;
 use super::super::timeline::caption_duration;
 use super::model_slot::NotReady;
 use super::properties::Settings;
-use super::state::{Asked, FrameTimes, Held, Sample};
+use super::state::{Asked, FrameTimes, Held, HeldSample, Sample};
 use super::{Blip2Caption, CAT, lock};
-use crate::engine::{Request, WaitError};
+use crate::engine::{Outcome, Request, Ticket};
 
 /// Used for a frame's place on the timeline when it has no duration and the caps no framerate.
 const FALLBACK_FRAME_DURATION: gst::ClockTime = gst::ClockTime::from_mseconds(40);
-
-/// Samples a complete-mode element keeps in flight before upstream waits.
-const WINDOW: usize = 1;
 
 impl Blip2Caption {
     pub(super) fn sink_chain(
@@ -48,12 +47,18 @@ impl Blip2Caption {
         if realtime {
             self.send_frame(buffer, times)
         } else {
+            let window = settings.max_in_flight.max(1) as usize;
             lock(&self.state).held.push_back(Held {
                 buffer,
                 times,
                 sample,
             });
-            self.release_held(WINDOW)
+            // Samples go to the model a batch at a time (see `submit_held`): a batch holds
+            // `max-batch` requests, one per prompt.
+            let per_sample = settings.sampling.prompts(&settings.prompt).len().max(1);
+            let chunk = (settings.max_batch.max(1) as usize / per_sample).clamp(1, window);
+            self.submit_held(chunk)?;
+            self.release_held(window)
         }
     }
 
@@ -82,61 +87,6 @@ impl Blip2Caption {
             let _ = combiner.update_pad_flow(&self.textpad, text_flow);
         }
         combiner.update_pad_flow(&self.srcpad, res)
-    }
-
-    /// Lets held frames leave in order: each sampled frame once its captions are back (with
-    /// their meta), the frames after it behind it. Blocks for the oldest sample's answers while
-    /// `window` or more samples are in flight (the window is full; 0: until every frame left).
-    pub(super) fn release_held(&self, window: usize) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let mut flow = Ok(gst::FlowSuccess::Ok);
-        loop {
-            // Collect what is back for the oldest frame's sample; wait only when the window is
-            // full.
-            let complete = loop {
-                let (missing, in_flight) = {
-                    let state = lock(&self.state);
-                    let Some(front) = state.held.front() else {
-                        return flow;
-                    };
-                    let in_flight = state.held.iter().filter(|h| h.sample.is_some()).count();
-                    (front.sample.as_ref().and_then(Asked::missing), in_flight)
-                };
-                let Some(ticket) = missing else {
-                    break true;
-                };
-                let client = self.client().ok_or(gst::FlowError::Flushing)?;
-                let outcome = match client.try_take(ticket) {
-                    Some(outcome) => outcome,
-                    None if in_flight < window => return flow,
-                    None => match client.wait_for(ticket) {
-                        Ok(outcome) => outcome,
-                        Err(WaitError::Interrupted) => {
-                            gst::debug!(CAT, imp = self, "flushing while waiting for the model");
-                            return Err(gst::FlowError::Flushing);
-                        }
-                        // Cancelled under us (stopping): no caption, no cue.
-                        Err(WaitError::Unknown) => break false,
-                    },
-                };
-                let mut state = lock(&self.state);
-                if let Some(asked) = state.held.front_mut().and_then(|h| h.sample.as_mut()) {
-                    let _ = asked.file(outcome);
-                }
-            };
-            let Some(mut held) = lock(&self.state).held.pop_front() else {
-                return flow;
-            };
-            if let Some(asked) = held.sample.take() {
-                match asked.answers() {
-                    Ok((sample, outcomes)) if complete => {
-                        self.emit(&sample, outcomes, Some(&mut held.buffer), false, None)?
-                    }
-                    Ok((sample, _)) | Err(sample) => self.resolve_lost(&sample),
-                }
-            }
-            flow = self.send_frame(held.buffer, held.times);
-            flow?;
-        }
     }
 
     /// Decides the mode for this stream on its first buffer (asks upstream whether it is live).
@@ -191,9 +141,9 @@ impl Blip2Caption {
         }
     }
 
-    /// Takes a sample from this frame when one is due: converts it, hands it to the model (one
-    /// request per prompt, in one group) and returns it (`None` when not due, or dropped in
-    /// realtime mode).
+    /// Takes a sample from this frame when one is due and prepares it (one request per prompt).
+    /// Realtime hands it to the model here, as one group; complete mode returns it, to go with
+    /// the next chunk (`None`: no sample due, or none to wait for).
     fn maybe_sample(
         &self,
         settings: &Settings,
@@ -201,7 +151,7 @@ impl Blip2Caption {
         times: &FrameTimes,
         rt: gst::ClockTime,
         realtime: bool,
-    ) -> Result<Option<Asked>, gst::FlowError> {
+    ) -> Result<Option<HeldSample>, gst::FlowError> {
         let Some(duration) = self.due(settings, buffer, times, rt) else {
             return Ok(None);
         };
@@ -209,24 +159,6 @@ impl Blip2Caption {
             return Ok(None);
         };
         self.warn_token_conflict(settings);
-        let prompts = settings.sampling.prompts(&settings.prompt);
-        let mut image = Some(image);
-        let requests: Vec<Request> = prompts
-            .iter()
-            .enumerate()
-            .map(|(i, prompt)| Request {
-                // Each request owns its image: the last one takes it, the others a copy.
-                image: if i + 1 == prompts.len() {
-                    image.take().expect("taken once, by the last request")
-                } else {
-                    image.clone().expect("present until the last request")
-                },
-                prompt: prompt.clone(),
-                params: settings.params(),
-                max_batch: settings.max_batch.max(1) as usize,
-                retry_transient: !realtime,
-            })
-            .collect();
         let client = if realtime {
             self.model.client()
         } else {
@@ -237,7 +169,7 @@ impl Blip2Caption {
                 Err(NotReady::Unavailable) => return Err(gst::FlowError::Error),
             }
         };
-        lock(&self.stats).samples_taken += 1;
+        // (`samples-taken` counts a sample once it is handed over, dropped or failed.)
         let (slot, items, stream_time) = {
             let mut state = lock(&self.state);
             let (slot, items) = state.text.sample(times.pts);
@@ -256,26 +188,64 @@ impl Blip2Caption {
             stream_time,
             duration,
             slot,
+            submitted: Instant::now(),
         };
+        let prompts = settings.sampling.prompts(&settings.prompt);
         let Some(client) = client else {
             // Realtime while the model is still loading: the video goes on, the sample is
             // counted as dropped.
             gst::debug!(CAT, imp = self, "model not ready, sample dropped");
-            lock(&self.stats).samples_dropped += 1;
+            let mut stats = lock(&self.stats);
+            stats.samples_taken += 1;
+            stats.samples_dropped += 1;
+            drop(stats);
             self.resolve_lost(&sample);
             return Ok(None);
         };
+        // Conversion to the model's input (resizing and normalisation for BLIP-2) happens here,
+        // on the streaming thread, while the worker runs the samples before this one; the
+        // prompts of one frame share it.
+        let input = match client.prepare(image) {
+            Ok(input) => input,
+            Err(e) => {
+                let failed = Outcome {
+                    ticket: Ticket(0),
+                    prompt: prompts.first().cloned().unwrap_or_default(),
+                    result: Err(e),
+                    inference_time: Duration::ZERO,
+                    batch_size: 0,
+                    answered_at: Instant::now(),
+                };
+                lock(&self.stats).samples_taken += 1;
+                self.emit(&sample, vec![failed], None, realtime, None)?;
+                return Ok(None);
+            }
+        };
+        let requests: Vec<Request> = prompts
+            .into_iter()
+            .map(|prompt| Request {
+                input: input.clone(),
+                prompt,
+                params: settings.params(),
+                max_batch: settings.max_batch.max(1) as usize,
+                retry_transient: !realtime,
+            })
+            .collect();
         if !realtime {
-            let (tickets, _) = client.submit_group(requests, false);
-            return Ok(Some(Asked::new(sample, tickets)));
+            return Ok(Some(HeldSample {
+                asked: Asked::new(sample, Vec::new()),
+                unsent: Some(requests),
+            }));
         }
-        let (tickets, replaced) = client.submit_group(requests, true);
+        let (tickets, replaced) =
+            client.submit_group_bounded(requests, settings.max_in_flight.max(1) as usize);
+        lock(&self.stats).samples_taken += 1;
         // There is always at least one prompt (`prompt` when `prompts` is empty).
         let Some(&key) = tickets.first() else {
             return Ok(None);
         };
         let mut state = lock(&self.state);
-        let gone: Vec<crate::engine::Ticket> = state
+        let gone: Vec<Ticket> = state
             .pending
             .iter()
             .filter(|(_, asked)| replaced.iter().any(|&t| asked.has(t)))

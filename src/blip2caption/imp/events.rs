@@ -131,8 +131,19 @@ impl Blip2Caption {
     /// Waits for every outstanding caption, then ends the text of this stream or segment at
     /// the end of the last frame that went out.
     fn end_text(&self) {
-        if let Err(e) = self.drain() {
-            gst::debug!(CAT, imp = self, "not draining: {:?}", e);
+        match self.drain() {
+            Ok(()) => (),
+            // Nobody else will report a fatal flow met while draining (there is no chain call
+            // to return it from), and downstream would wait for an EOS that cannot come.
+            Err(e) if !matches!(e, gst::FlowError::Flushing | gst::FlowError::Eos) => {
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Failed,
+                    ("Internal data stream error."),
+                    ["streaming stopped while draining, reason {:?}", e]
+                );
+            }
+            Err(e) => gst::debug!(CAT, imp = self, "not draining: {:?}", e),
         }
         let items = {
             let mut state = lock(&self.state);

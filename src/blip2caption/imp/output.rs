@@ -153,7 +153,14 @@ impl Blip2Caption {
             .map(|o| o.inference_time)
             .max()
             .unwrap_or_default();
-        self.record_inference(inference_time);
+        // How late the last answer came after the sample was taken (queueing behind other
+        // samples in flight included).
+        let late = outcomes
+            .iter()
+            .map(|o| o.answered_at.saturating_duration_since(sample.submitted))
+            .max()
+            .unwrap_or_default();
+        self.record_inference(inference_time, late);
         let mut answers = Vec::with_capacity(outcomes.len());
         for Outcome {
             prompt,
@@ -326,7 +333,9 @@ impl Blip2Caption {
         }
     }
 
-    pub(super) fn record_inference(&self, took: Duration) {
+    /// Records an inference that `took` this long, for a sample answered `late` after it was
+    /// handed to the model (queueing behind other samples included).
+    pub(super) fn record_inference(&self, took: Duration, late: Duration) {
         {
             let mut stats = lock(&self.stats);
             stats.inference_last = took;
@@ -334,12 +343,14 @@ impl Blip2Caption {
             stats.inference_count += 1;
             stats.inference_max = stats.inference_max.max(took);
         }
-        // Automatic latency follows the slowest inference, rounded up, announced when it grows.
+        // Automatic latency follows the latest answer (from sample to caption, so queueing
+        // behind other samples in flight counts: complete mode holds the frames that long),
+        // rounded up, announced when it grows.
         if lock(&self.settings).latency >= 0 || !lock(&self.state).live {
             return;
         }
         let step = LATENCY_STEP_MS * 1_000_000;
-        let ns = (took.as_nanos() as u64).div_ceil(step) * step;
+        let ns = (late.max(took).as_nanos() as u64).div_ceil(step) * step;
         let new = gst::ClockTime::from_nseconds(ns);
         let changed = {
             let mut auto = lock(&self.auto_latency);

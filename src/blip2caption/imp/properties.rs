@@ -17,6 +17,7 @@ const DEFAULT_INTERVAL: u64 = 1_000_000_000;
 /// Nanoseconds; -1 = automatic.
 const DEFAULT_LATENCY: i64 = -1;
 const DEFAULT_MAX_BATCH: u32 = 8;
+const DEFAULT_MAX_IN_FLIGHT: u32 = 8;
 /// Bound of `max-new-tokens` / `min-new-tokens`: far beyond any caption, and a finite amount of
 /// work for language models without a position limit (Flan-T5). OPT is further capped at its
 /// positions by the engine.
@@ -39,6 +40,7 @@ pub(super) struct Settings {
     pub(super) device: String,
     pub(super) dtype: DType,
     pub(super) max_batch: u32,
+    pub(super) max_in_flight: u32,
     pub(super) remote: RemoteSettings,
     pub(super) text_mode: TextMode,
     pub(super) sampling: SamplingSettings,
@@ -60,6 +62,7 @@ impl Default for Settings {
             device: "auto".into(),
             dtype: DType::Auto,
             max_batch: DEFAULT_MAX_BATCH,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             remote: RemoteSettings::default(),
             text_mode: TextMode::Auto,
             sampling: SamplingSettings::default(),
@@ -164,8 +167,10 @@ pub(super) fn specs() -> &'static [glib::ParamSpec] {
                 .nick("Latency")
                 .blurb(
                     "Latency in nanoseconds added in live pipelines; captions later than \
-                     this are re-timed and warned about. -1 = automatic (from measured \
-                     inference time, announced with a latency message when it grows)",
+                     this are re-timed and warned about. -1 = automatic (the slowest \
+                     answer so far, from handing a sample to the model to its caption, \
+                     queueing behind the other samples in flight included; announced with a \
+                     latency message when it grows)",
                 )
                 .minimum(-1)
                 .default_value(DEFAULT_LATENCY)
@@ -236,6 +241,22 @@ pub(super) fn specs() -> &'static [glib::ParamSpec] {
                 .minimum(1)
                 .maximum(256)
                 .default_value(DEFAULT_MAX_BATCH)
+                .mutable_playing()
+                .build(),
+            glib::ParamSpecUInt::builder("max-in-flight")
+                .nick("Max in flight")
+                .blurb(
+                    "Samples of this element handed to the model and not answered yet. \
+                     complete: frames wait in the element until their sample's caption is \
+                     back and leave in order, upstream waits only when this many are in \
+                     flight (or the held frames reach max-in-flight x 32 MiB; 1080p I420 is \
+                     3.1 MB a frame); samples go to the model max-batch at a time. \
+                     realtime: at most this many samples wait for the model, older ones are \
+                     dropped and counted",
+                )
+                .minimum(1)
+                .maximum(256)
+                .default_value(DEFAULT_MAX_IN_FLIGHT)
                 .mutable_playing()
                 .build(),
             glib::ParamSpecEnum::builder_with_default("text-mode", d.text_mode)
@@ -348,6 +369,7 @@ impl Blip2Caption {
             }
             "dtype" => s.dtype = value.get().unwrap(),
             "max-batch" => s.max_batch = value.get().unwrap(),
+            "max-in-flight" => s.max_in_flight = value.get().unwrap(),
             "text-mode" => s.text_mode = value.get().unwrap(),
             other => unreachable!("unknown property {other}"),
         }
@@ -374,6 +396,7 @@ impl Blip2Caption {
             "device" => s.device.to_value(),
             "dtype" => s.dtype.to_value(),
             "max-batch" => s.max_batch.to_value(),
+            "max-in-flight" => s.max_in_flight.to_value(),
             "text-mode" => s.text_mode.to_value(),
             "stats" => lock(&self.stats).to_structure().to_value(),
             other => unreachable!("unknown property {other}"),

@@ -7,7 +7,7 @@ use super::super::convert::ToRgb;
 use super::super::scene_gate::{MeterSlot, SceneGate};
 use super::super::text::{Layout, SlotId, TextTrack};
 use super::super::timeline::Sampler;
-use crate::engine::{Outcome, Ticket};
+use crate::engine::{Outcome, Request, Ticket};
 
 #[derive(Debug, Default, Clone)]
 pub(super) struct Stats {
@@ -55,6 +55,8 @@ pub(super) struct Sample {
     pub(super) duration: Option<gst::ClockTime>,
     /// Its place on the text timeline.
     pub(super) slot: SlotId,
+    /// When it was taken (how late its answer is: automatic latency).
+    pub(super) submitted: std::time::Instant,
 }
 
 /// A sample handed to the model as one request per prompt, and the answers as they come back.
@@ -75,18 +77,31 @@ impl Asked {
         }
     }
 
+    /// The tickets of its requests, once they are handed to the model (complete mode prepares
+    /// a sample first and hands it over with the next chunk).
+    pub(super) fn handed_over(&mut self, tickets: Vec<Ticket>) {
+        self.outcomes = tickets.iter().map(|_| None).collect();
+        self.tickets = tickets;
+    }
+
+    /// Whether its requests are with the model.
+    pub(super) fn handed(&self) -> bool {
+        !self.tickets.is_empty()
+    }
+
     pub(super) fn has(&self, ticket: Ticket) -> bool {
         self.tickets.contains(&ticket)
     }
 
-    /// Files `outcome` if it answers one of this sample's requests, else hands it back.
-    pub(super) fn file(&mut self, outcome: Outcome) -> Result<(), Outcome> {
+    /// Files `outcome` if it answers one of this sample's requests (false: it does not, and is
+    /// dropped).
+    pub(super) fn file(&mut self, outcome: Outcome) -> bool {
         match self.tickets.iter().position(|&t| t == outcome.ticket) {
             Some(i) => {
                 self.outcomes[i] = Some(outcome);
-                Ok(())
+                true
             }
-            None => Err(outcome),
+            None => false,
         }
     }
 
@@ -125,7 +140,15 @@ pub(super) struct FrameTimes {
 pub(super) struct Held {
     pub(super) buffer: gst::Buffer,
     pub(super) times: FrameTimes,
-    pub(super) sample: Option<Asked>,
+    pub(super) sample: Option<HeldSample>,
+}
+
+/// The sample of a held frame: prepared, then handed to the model with the next chunk.
+pub(super) struct HeldSample {
+    pub(super) asked: Asked,
+    /// Its requests (one per prompt) until they are handed to the model; `asked` has their
+    /// tickets from then on.
+    pub(super) unsent: Option<Vec<Request>>,
 }
 
 /// Streaming state, reset on flushes and stream starts.

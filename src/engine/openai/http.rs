@@ -37,11 +37,12 @@ pub fn caption_one(
     params: &GenerationParams,
 ) -> Result<Caption, CaptionError> {
     let url = config.endpoint();
-    let image_url =
-        wire::data_url(&item.image, config.image_format).map_err(CaptionError::InvalidInput)?;
-    drop(item.image);
-    let body = wire::request_body(&config.model, &image_url, &item.prompt, params).to_string();
-    drop(image_url);
+    // `OpenAiCaptioner::prepare` made the data URL.
+    let image_url = item.input.get::<String>().ok_or_else(|| {
+        CaptionError::Internal("the request's image was not prepared for the server".into())
+    })?;
+    let body = wire::request_body(&config.model, image_url, &item.prompt, params).to_string();
+    drop(item.input);
     let attempts = if item.retry_transient {
         config.retries.saturating_add(1)
     } else {

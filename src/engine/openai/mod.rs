@@ -17,8 +17,8 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use super::{
-    BatchItem, CancelToken, CaptionError, Captioner, Engine, RemoteError, RemoteErrorKind, Result,
-    redact_url,
+    BatchItem, CancelToken, CaptionError, Captioner, Engine, Prepared, RemoteError,
+    RemoteErrorKind, Result, redact_url,
 };
 use crate::model::{Caption, GenerationParams, RgbImage};
 use crate::sync::lock;
@@ -102,14 +102,24 @@ impl Captioner for OpenAiCaptioner {
     ) -> Result<Vec<Caption>> {
         let items = images
             .iter()
-            .map(|image| BatchItem {
-                image: image.clone(),
-                prompt: prompt.to_owned(),
-                retry_transient: true,
-                cancel: CancelToken::never(),
+            .map(|image| {
+                Ok(BatchItem {
+                    input: self.prepare(image.clone())?,
+                    prompt: prompt.to_owned(),
+                    retry_transient: true,
+                    cancel: CancelToken::never(),
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         self.caption_batch(items, params).into_iter().collect()
+    }
+
+    /// The image as the request's `data:` URL (PNG or JPEG), encoded before the request
+    /// reaches the worker.
+    fn prepare(&self, image: RgbImage) -> Result<Prepared> {
+        let url =
+            wire::data_url(&image, self.config.image_format).map_err(CaptionError::InvalidInput)?;
+        Ok(Prepared::new(url))
     }
 
     /// One request per item, all in flight at once; returns when every item is answered or
