@@ -1,19 +1,18 @@
 //! Parity with transformers' Blip2ForConditionalGeneration on the committed tiny checkpoints.
-//! References come from scripts/gen_fixtures.py.
+//! References come from scripts/gen_fixtures.py. The model runs on `GST_BLIP2_TEST_DEVICE`
+//! (CPU by default; scripts/gpu_check.sh sets `cuda:0`): f32 on a GPU must give the CPU's tokens.
 
 mod common;
 
 use common::*;
-use gstblip2::model::{Blip2, DTypeChoice, DeviceChoice, GenerationParams, RgbImage};
+use gstblip2::model::{Blip2, DTypeChoice, GenerationParams, RgbImage};
 
 fn load(model: &str) -> Blip2 {
-    Blip2::load(
-        &model_dir(model),
-        DeviceChoice::Cpu,
-        DTypeChoice::F32,
-        &mut |_| {},
-    )
-    .unwrap()
+    load_as(model, DTypeChoice::F32)
+}
+
+fn load_as(model: &str, dtype: DTypeChoice) -> Blip2 {
+    Blip2::load(&model_dir(model), test_device(), dtype, &mut |_| {}).unwrap()
 }
 
 #[test]
@@ -93,6 +92,34 @@ fn generated_tokens_match_from_reference_pixels() {
             assert_eq!(text, case.text, "{model} {}", case.name);
         }
     }
+}
+
+/// The strided-GEMM fault: at prefill the last position of each row is a strided view of the
+/// batch; the post-LN fixture (no final layer norm, `project_out`) feeds it straight into a
+/// GEMM, which cuBLAS rejects when the batch has more than one row. Every GEMM of the language
+/// model applies cuBLAS's layout rule on the CPU too (`model::linear`), so the CPU runs this
+/// case through the same checks as a GPU.
+#[test]
+fn post_ln_batch_goes_through_cublas_layouts() {
+    let model = "opt-tiny-sharded-f16";
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(model_dir(model).join("config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["text_config"]["do_layer_norm_before"], false);
+    let blip2 = load(model);
+    let reference = reference(model);
+    let case = reference
+        .cases
+        .iter()
+        .find(|c| c.name == "batch_greedy")
+        .unwrap();
+    assert!(case.images.len() > 1);
+    let (captions, _) = blip2
+        .caption_pixels(&reference.pixels(&case.images), &case.prompt, &case.params)
+        .unwrap();
+    let ids: Vec<Vec<u32>> = captions.into_iter().map(|c| c.token_ids).collect();
+    assert_eq!(ids, case.token_ids);
 }
 
 #[test]
@@ -183,33 +210,65 @@ fn sampling_is_seeded_and_bounded() {
     assert!(a[0].token_ids.iter().all(|&t| t < vocab));
 }
 
-/// f16 and bf16 (the GPU dtypes; T5 keeps `wo` in f32 and promotes its residual stream as
-/// transformers does) give the reference's greedy tokens. Not asserted for the ill-conditioned
-/// post-LN `opt-tiny-sharded-f16`, whose float32 logits already carry 5e-4 of rounding error:
-/// in f16 its greedy path departs after 7 tokens.
+/// f16 and bf16, the GPU dtypes (T5 keeps `wo` in f32 and promotes its residual stream as
+/// transformers does). The references are float32, so what half precision can promise is
+/// bounded by its own rounding: on these fixtures its first-step logits sit up to ~10 (f16)
+/// and ~45 (bf16) units of the dtype's epsilon times the largest logit away from the float64
+/// truth (measured; most of it is the rounding of weights and inputs). That is asserted with
+/// headroom, and the greedy tokens are asserted where the reference's smallest top-1 margin
+/// (`min_greedy_margin`) exceeds twice the measured error, so a rounding cannot swap the top
+/// two. Not for the ill-conditioned post-LN `opt-tiny-sharded-f16`, whose float32 logits
+/// already carry 5e-4 of rounding error. (Token equality with transformers' own half-precision
+/// run is checked on a GPU by scripts/gpu_check.sh.)
 #[test]
-fn half_precision_keeps_greedy_tokens() {
+fn half_precision_stays_within_its_rounding() {
+    let mut tokens_checked = 0;
     for model in ["opt-tiny", "t5-tiny"] {
         let reference = reference(model);
-        for dtype in [DTypeChoice::F16, DTypeChoice::BF16] {
-            let blip2 =
-                Blip2::load(&model_dir(model), DeviceChoice::Cpu, dtype, &mut |_| {}).unwrap();
-            for case in reference
-                .cases
-                .iter()
-                .filter(|c| c.name.starts_with("greedy_"))
-            {
-                let (captions, _) = blip2
-                    .caption_pixels(&reference.pixels(&case.images), &case.prompt, &case.params)
-                    .unwrap();
-                assert_eq!(
-                    captions[0].token_ids, case.token_ids[0],
-                    "{model} {dtype} {}",
+        for (dtype, eps, units) in [
+            (DTypeChoice::F16, 2f32.powi(-11), 16.0),
+            (DTypeChoice::BF16, 2f32.powi(-8), 64.0),
+        ] {
+            let blip2 = load_as(model, dtype);
+            for case in &reference.cases {
+                let Some(truth) = reference.tensors.get(&format!("logits_f64.{}", case.name))
+                else {
+                    continue;
+                };
+                let pixels = reference.pixels(&case.images);
+                let logits = blip2.first_step_logits(&pixels, &case.prompt).unwrap();
+                let scale = max_abs_diff(truth, &truth.zeros_like().unwrap());
+                let err = max_abs_diff(&logits, truth);
+                eprintln!(
+                    "{model} {dtype} {}: |ours - f64| {err:.2e} = {:.1} eps * max|logit|",
+                    case.name,
+                    err / (eps * scale)
+                );
+                assert!(
+                    err <= units * eps * scale,
+                    "{model} {dtype} {}: first-step logits {err} from float64",
                     case.name
                 );
+                let margin = case
+                    .min_greedy_margin
+                    .expect("greedy cases record a margin");
+                if margin > 2.0 * err as f64 {
+                    let (captions, _) = blip2
+                        .caption_pixels(&pixels, &case.prompt, &case.params)
+                        .unwrap();
+                    let ids: Vec<Vec<u32>> = captions.into_iter().map(|c| c.token_ids).collect();
+                    assert_eq!(ids, case.token_ids, "{model} {dtype} {}", case.name);
+                    tokens_checked += 1;
+                    eprintln!("{model} {dtype} {}: tokens checked", case.name);
+                }
             }
         }
     }
+    // 6 on the CPU when this was written: 5 in f16, 1 in bf16.
+    assert!(
+        tokens_checked >= 5,
+        "only {tokens_checked} half-precision token checks"
+    );
 }
 
 /// Different prompts in one batch (padded and masked as transformers pads them: left for OPT,

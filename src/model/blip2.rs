@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, linear};
 
 use super::config::{Blip2Config, TextConfig};
+use super::device::{resolve_device, resolve_dtype};
 use super::error::candle_message;
 use super::generate::{Decoder, Prompt, generate_beam, generate_greedy_or_sample};
 use super::generation_config::GenerationDefaults;
@@ -46,47 +47,6 @@ pub struct Blip2 {
     device: Device,
     dtype: DType,
     warnings: Vec<String>,
-}
-
-/// Resolves `auto` and checks that the device exists in this build.
-pub fn resolve_device(choice: DeviceChoice) -> Result<Device> {
-    match choice {
-        DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Auto => {
-            if candle_core::utils::cuda_is_available() {
-                Device::new_cuda(0).or(Ok(Device::Cpu))
-            } else {
-                Ok(Device::Cpu)
-            }
-        }
-        DeviceChoice::Cuda(n) => {
-            if !candle_core::utils::cuda_is_available() {
-                return Err(Error::Device(format!(
-                    "device cuda:{n} requested but this build has no CUDA support (build with --features cuda)"
-                )));
-            }
-            Device::new_cuda(n).map_err(|e| {
-                Error::Device(format!(
-                    "device cuda:{n} is not available: {}",
-                    candle_message(&e)
-                ))
-            })
-        }
-    }
-}
-
-/// f32 on CPU; on a GPU f16 for OPT and bf16 for Flan-T5 (T5 overflows in f16).
-pub fn resolve_dtype(choice: DTypeChoice, device: &Device, text: &TextConfig) -> DType {
-    match choice {
-        DTypeChoice::F32 => DType::F32,
-        DTypeChoice::F16 => DType::F16,
-        DTypeChoice::BF16 => DType::BF16,
-        DTypeChoice::Auto if device.is_cpu() => DType::F32,
-        DTypeChoice::Auto => match text {
-            TextConfig::Opt(_) => DType::F16,
-            TextConfig::T5(_) => DType::BF16,
-        },
-    }
 }
 
 impl Blip2 {
@@ -197,6 +157,9 @@ impl Blip2 {
             TextConfig::Opt(c) => LanguageModel::Opt(Opt::new(c, lm_vb)?),
             TextConfig::T5(c) => LanguageModel::T5(T5::new(c, lm_vb)?),
         };
+        // Surfaces asynchronous upload/cast failures here rather than in the first caption.
+        // (Ordering needs no wait: every thread uses the device's one stream, see `device`.)
+        device.synchronize()?;
         progress("model ready");
         Ok(Self {
             config,
@@ -305,7 +268,9 @@ impl Blip2 {
 
     /// Projected query embeddings (B, num_query_tokens, LM hidden) in the LM dtype.
     fn image_embeddings(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let image_states = self.vision.forward(pixel_values)?;
+        // Pixel values made elsewhere (transformers' references) may live on the CPU.
+        let pixel_values = pixel_values.to_device(&self.device)?;
+        let image_states = self.vision.forward(&pixel_values)?;
         let queries = self.qformer.forward(&image_states)?.to_dtype(self.dtype)?;
         Ok(self.language_projection.forward(&queries)?)
     }
@@ -342,12 +307,14 @@ impl Blip2 {
         &self,
         image_embeds: &Tensor,
         rows: &[Vec<u32>],
+        new_tokens: usize,
     ) -> Result<(Tensor, Box<dyn Decoder + '_>)> {
         Ok(self.language_model.prefill(
             image_embeds,
             rows,
             self.generation.pad_token_id,
             self.generation.decoder_start_token_id,
+            new_tokens,
         )?)
     }
 
@@ -356,7 +323,7 @@ impl Blip2 {
         let embeds = self.image_embeddings(pixel_values)?;
         let text_ids = self.encode_prompt(prompt)?;
         let rows = vec![text_ids; embeds.dim(0)?];
-        Ok(self.prefill(&embeds, &rows)?.0)
+        Ok(self.prefill(&embeds, &rows, 0)?.0.to_dtype(DType::F32)?)
     }
 
     /// Captions (or answers `prompt` about) each image; all images run as one batch.
@@ -500,7 +467,8 @@ impl Blip2 {
                 1,
             ),
         };
-        let (first_logits, mut decoder) = self.prefill(&embeds, &text_ids)?;
+        let (first_logits, mut decoder) =
+            self.prefill(&embeds, &text_ids, params.max_new_tokens)?;
         let prompt = Prompt {
             first_logits,
             history,
@@ -561,7 +529,7 @@ struct PositionGuard<'a> {
 }
 
 impl Decoder for PositionGuard<'_> {
-    fn step(&mut self, ids: &[u32]) -> candle_core::Result<Tensor> {
+    fn step(&mut self, ids: &Tensor) -> candle_core::Result<Tensor> {
         if self.max_positions.is_some_and(|max| self.positions >= max) {
             self.overflowed = true;
             candle_core::bail!("out of positions");
@@ -572,5 +540,13 @@ impl Decoder for PositionGuard<'_> {
 
     fn select_rows(&mut self, rows: &[u32]) -> candle_core::Result<()> {
         self.inner.select_rows(rows)
+    }
+
+    fn reorder_beams(&mut self, rows: &[u32]) -> candle_core::Result<()> {
+        self.inner.reorder_beams(rows)
+    }
+
+    fn device(&self) -> Device {
+        self.inner.device()
     }
 }

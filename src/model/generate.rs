@@ -1,26 +1,35 @@
 //! Decoding loops that reproduce transformers' `generate`: greedy, beam search (the vectorised
 //! `_beam_search` of transformers 5, scores in f32 like torch) and sampling.
 //!
-//! The loops work on host-side logits: per step they read (rows, vocab) f32 logits, apply the
-//! logits processors that transformers would apply (repetition penalty, min new tokens) and pick
-//! tokens. The language model behind them is abstracted as a [`Decoder`].
+//! Plain greedy decoding stays on the device: the next ids are picked where the logits are
+//! (first maximum on ties, as torch), fed straight back, and only the ids come to the host for
+//! the EOS check. The other loops read (rows, vocab) logits on the host, apply the logits
+//! processors transformers would apply (repetition penalty, min new tokens) and pick tokens
+//! there. The language model behind them is abstracted as a [`Decoder`].
 
-use candle_core::{Result, Tensor};
+use candle_core::{D, DType, Device, Result, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
 
 use super::{EarlyStopping, GenerationParams};
 
 /// A language model positioned after its prompt, able to take one token per row.
 pub trait Decoder {
-    /// Feeds one id per row; returns next-token logits (rows, vocab) in f32.
-    fn step(&mut self, ids: &[u32]) -> Result<Tensor>;
+    /// Feeds one id per row, a (rows,) u32 tensor on [`Decoder::device`]; returns next-token
+    /// logits (rows, vocab) in the model dtype.
+    fn step(&mut self, ids: &Tensor) -> Result<Tensor>;
     /// Keeps (and duplicates) the rows named by `rows`, in that order.
     fn select_rows(&mut self, rows: &[u32]) -> Result<()>;
+    /// Beam reordering: like [`Decoder::select_rows`], but `rows` only permutes rows within
+    /// each batch item's group of beams, so state shared by those beams need not move.
+    fn reorder_beams(&mut self, rows: &[u32]) -> Result<()> {
+        self.select_rows(rows)
+    }
+    fn device(&self) -> Device;
 }
 
 /// What the loops need to know about the prompt, per batch item.
 pub struct Prompt {
-    /// Logits after the prompt, (batch, vocab) f32.
+    /// Logits after the prompt, (batch, vocab) in the model dtype.
     pub first_logits: Tensor,
     /// The ids transformers' processors see as `input_ids` before generation, one list per batch
     /// item: the whole prompt (image tokens included) for OPT, the decoder start id for T5.
@@ -29,7 +38,32 @@ pub struct Prompt {
 }
 
 fn rows_to_host(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
-    logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()
+    logits.to_dtype(DType::F32)?.to_vec2::<f32>()
+}
+
+/// Greedy choice of each row of `logits` (rows, vocab): the index of the first maximum, as
+/// `torch.argmax`, on every device. candle's CPU argmax keeps the first maximum; its CUDA
+/// argmax does not promise which of equal maxima it returns, so there the choice is made as
+/// "the smallest index holding the row maximum". `index` is `0..vocab` as u32 on the logits'
+/// device (made once per caption by the caller).
+pub fn greedy_ids(logits: &Tensor, index: &Tensor) -> Result<Tensor> {
+    if logits.device().is_cpu() {
+        return logits.argmax(D::Minus1);
+    }
+    first_max_index(logits, index)
+}
+
+/// The smallest index holding each row's maximum, with tensor ops only (stays on the device).
+pub fn first_max_index(logits: &Tensor, index: &Tensor) -> Result<Tensor> {
+    let (rows, vocab) = logits.dims2()?;
+    let is_max = logits.broadcast_eq(&logits.max_keepdim(D::Minus1)?)?;
+    let past_end = Tensor::new(&[vocab as u32], logits.device())?;
+    is_max
+        .where_cond(
+            &index.broadcast_as((rows, vocab))?,
+            &past_end.broadcast_as((rows, vocab))?,
+        )?
+        .min(D::Minus1)
 }
 
 /// RepetitionPenaltyLogitsProcessor: every id already in the sequence is made less likely.
@@ -120,13 +154,21 @@ pub fn generate_greedy_or_sample(
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); batch];
     let mut finished = vec![false; batch];
     let mut logits = prompt.first_logits;
+    let device = decoder.device();
+    let mut index: Option<Tensor> = None;
     for step in 0..params.max_new_tokens {
-        // Plain greedy needs no logits processor: pick on the device, copy only the ids back.
+        // Plain greedy needs no logits processor: pick on the device; the picked ids are fed
+        // back from there and come to the host only for the EOS check.
         let plain = samplers.is_none()
             && params.repetition_penalty == 1.0
             && (step >= params.min_new_tokens || eos.is_empty());
-        let chosen: Vec<u32> = if plain {
-            logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?
+        let (chosen, on_device): (Vec<u32>, Option<Tensor>) = if plain {
+            let index = match &index {
+                Some(index) => index,
+                None => index.insert(Tensor::arange(0u32, logits.dim(1)? as u32, &device)?),
+            };
+            let ids = greedy_ids(&logits, index)?;
+            (ids.to_vec1::<u32>()?, Some(ids))
         } else {
             let mut rows = rows_to_host(&logits)?;
             let mut ids = Vec::with_capacity(batch);
@@ -134,15 +176,14 @@ pub fn generate_greedy_or_sample(
                 apply_repetition_penalty(scores, &history[row], params.repetition_penalty);
                 apply_min_new_tokens(scores, step, params, eos);
                 ids.push(match samplers.as_mut() {
-                    Some(s) => s[row]
-                        .sample(&Tensor::new(scores.as_slice(), &candle_core::Device::Cpu)?)?,
+                    Some(s) => s[row].sample(&Tensor::new(scores.as_slice(), &Device::Cpu)?)?,
                     None => argmax(scores),
                 });
             }
-            ids
+            (ids, None)
         };
         let mut next = Vec::with_capacity(batch);
-        for (row, id) in chosen.into_iter().enumerate() {
+        for (row, &id) in chosen.iter().enumerate() {
             if finished[row] {
                 // Finished rows keep running in the batch; what they produce is discarded.
                 next.push(eos.first().copied().unwrap_or(0));
@@ -158,7 +199,13 @@ pub fn generate_greedy_or_sample(
         if finished.iter().all(|&f| f) || step + 1 == params.max_new_tokens {
             break;
         }
-        logits = decoder.step(&next)?;
+        // Rows are independent, so a finished row may as well be fed its own pick: the
+        // device-side ids go back unchanged.
+        let ids = match on_device {
+            Some(ids) => ids,
+            None => Tensor::new(next.as_slice(), &device)?,
+        };
+        logits = decoder.step(&ids)?;
     }
     Ok(out)
 }
@@ -173,16 +220,21 @@ struct BeamItem {
     heuristic_unsatisfied: bool,
 }
 
-/// Indices of the `k` largest values, descending; ties keep the lower index first.
+/// Indices of the `k` largest values, descending; ties keep the lower index first. Selects the
+/// `k` first (linear time) and sorts only those, instead of sorting all `num_beams * vocab`.
 fn top_k(values: &[f32], k: usize) -> Vec<usize> {
+    // A total order: -0.0 counts as 0.0 (they tie, as in torch), NaN above everything.
+    let key = |i: usize| values[i] + 0.0;
+    let order = |a: &usize, b: &usize| key(*b).total_cmp(&key(*a)).then(a.cmp(b));
     let mut idx: Vec<usize> = (0..values.len()).collect();
-    idx.sort_by(|&a, &b| {
-        values[b]
-            .partial_cmp(&values[a])
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.cmp(&b))
-    });
-    idx.truncate(k);
+    if k < idx.len() {
+        if k == 0 {
+            return Vec::new();
+        }
+        idx.select_nth_unstable_by(k - 1, order);
+        idx.truncate(k);
+    }
+    idx.sort_unstable_by(order);
     idx
 }
 
@@ -329,8 +381,8 @@ pub fn generate_beam(
         if !(improvement_possible && open_beam && !all_hit) {
             break;
         }
-        decoder.select_rows(&reorder)?;
-        logits = decoder.step(&next_ids)?;
+        decoder.reorder_beams(&reorder)?;
+        logits = decoder.step(&Tensor::new(next_ids.as_slice(), &decoder.device())?)?;
     }
     Ok(items
         .into_iter()
@@ -352,5 +404,64 @@ mod tests {
     #[test]
     fn top_k_is_descending_and_stable() {
         assert_eq!(top_k(&[1.0, 3.0, 3.0, 2.0], 3), vec![1, 2, 3]);
+        assert_eq!(top_k(&[0.0, -0.0, 5.0, 0.0], 3), vec![2, 0, 1]);
+        assert_eq!(top_k(&[1.0, 2.0], 5), vec![1, 0]);
+        assert!(top_k(&[1.0], 0).is_empty());
+    }
+
+    /// The selection agrees with a full sort on random values with many ties.
+    #[test]
+    fn top_k_matches_full_sort() {
+        let values: Vec<f32> = (0..5000u32)
+            .map(|i| ((i.wrapping_mul(2654435761) >> 7) % 97) as f32 - 48.0)
+            .collect();
+        let mut sorted: Vec<usize> = (0..values.len()).collect();
+        sorted.sort_by(|&a, &b| values[b].partial_cmp(&values[a]).unwrap().then(a.cmp(&b)));
+        for k in [1, 2, 6, 10, 97, 4999] {
+            assert_eq!(top_k(&values, k), sorted[..k], "k = {k}");
+        }
+    }
+
+    /// Greedy ties go to the lowest index, on the host path and on the device path (the
+    /// tensor-only version CUDA uses is checked here on the CPU; the GPU check runs it there).
+    #[test]
+    fn greedy_ties_pick_the_lowest_index() {
+        let logits = Tensor::new(
+            &[
+                [0.5f32, 2.0, 1.0, 2.0, 2.0],
+                [3.0, 3.0, 3.0, 3.0, 3.0],
+                [-1.0, -2.0, -1.0, -3.0, -0.5],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let index = Tensor::arange(0u32, 5, &Device::Cpu).unwrap();
+        let want = vec![1u32, 0, 4];
+        assert_eq!(
+            first_max_index(&logits, &index)
+                .unwrap()
+                .to_vec1::<u32>()
+                .unwrap(),
+            want
+        );
+        assert_eq!(
+            greedy_ids(&logits, &index)
+                .unwrap()
+                .to_vec1::<u32>()
+                .unwrap(),
+            want
+        );
+        for dtype in [DType::F16, DType::BF16] {
+            let half = logits.to_dtype(dtype).unwrap();
+            assert_eq!(
+                first_max_index(&half, &index)
+                    .unwrap()
+                    .to_vec1::<u32>()
+                    .unwrap(),
+                want
+            );
+        }
+        let rows = rows_to_host(&logits).unwrap();
+        assert_eq!(rows.iter().map(|r| argmax(r)).collect::<Vec<_>>(), want);
     }
 }

@@ -1,7 +1,7 @@
 //! The language model behind BLIP-2's queries: OPT or Flan-T5, behind one prefill + step
 //! interface for the decoding loops.
 
-use candle_core::{Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 
 use super::generate::Decoder;
 use super::opt::{Opt, OptState};
@@ -16,13 +16,14 @@ impl LanguageModel {
     /// Runs the language model over each row's image queries and prompt ids, returning the
     /// decoder positioned after the prompt. Prompts of different lengths are padded as
     /// transformers pads them: on the left for OPT (before the image positions), on the right
-    /// for T5, with the padding masked out.
+    /// for T5, with the padding masked out. Caches are sized for `new_tokens` more tokens.
     pub fn prefill(
         &self,
         image_embeds: &Tensor,
         rows: &[Vec<u32>],
         pad_id: u32,
         decoder_start: u32,
+        new_tokens: usize,
     ) -> Result<(Tensor, Box<dyn Decoder + '_>)> {
         let longest = rows.iter().map(Vec::len).max().unwrap_or(0);
         let padded: Vec<u32> = rows
@@ -59,14 +60,14 @@ impl LanguageModel {
                     Tensor::stack(&rows, 0)?
                 };
                 let pads = pads.clone();
-                let (logits, state) = opt.prefill(&embeds, pads)?;
+                let (logits, state) = opt.prefill(&embeds, pads, new_tokens)?;
                 (logits, Box::new(OptDecoder { model: opt, state }))
             }
             Self::T5(t5) => {
                 let embeds = Tensor::cat(&[image_embeds, &t5.embed(&ids)?], 1)?;
                 let queries = image_embeds.dim(1)?;
                 let lens: Vec<usize> = rows.iter().map(|ids| queries + ids.len()).collect();
-                let (logits, state) = t5.prefill(&embeds, &lens, decoder_start)?;
+                let (logits, state) = t5.prefill(&embeds, &lens, decoder_start, new_tokens)?;
                 (logits, Box::new(T5Decoder { model: t5, state }))
             }
         })
@@ -103,13 +104,16 @@ struct OptDecoder<'a> {
 }
 
 impl Decoder for OptDecoder<'_> {
-    fn step(&mut self, ids: &[u32]) -> candle_core::Result<Tensor> {
-        let ids = Tensor::new(ids, &self.model.device())?;
-        self.model.step(&ids, &mut self.state)
+    fn step(&mut self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.model.step(ids, &mut self.state)
     }
 
     fn select_rows(&mut self, rows: &[u32]) -> candle_core::Result<()> {
         self.state.select(rows)
+    }
+
+    fn device(&self) -> Device {
+        self.model.device()
     }
 }
 
@@ -119,12 +123,19 @@ struct T5Decoder<'a> {
 }
 
 impl Decoder for T5Decoder<'_> {
-    fn step(&mut self, ids: &[u32]) -> candle_core::Result<Tensor> {
-        let ids = Tensor::new(ids, &self.model.device())?;
-        self.model.step(&ids, &mut self.state)
+    fn step(&mut self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.model.step(ids, &mut self.state)
     }
 
     fn select_rows(&mut self, rows: &[u32]) -> candle_core::Result<()> {
         self.state.select(rows)
+    }
+
+    fn reorder_beams(&mut self, rows: &[u32]) -> candle_core::Result<()> {
+        self.state.reorder_beams(rows)
+    }
+
+    fn device(&self) -> Device {
+        self.model.device()
     }
 }

@@ -7,6 +7,7 @@
 mod blip2;
 pub mod config;
 mod cpu_kernels;
+mod device;
 mod error;
 pub mod generate;
 pub mod generation_config;
@@ -14,6 +15,7 @@ mod image_file;
 mod json_file;
 mod kv_cache;
 mod language_model;
+mod linear;
 mod opt;
 pub mod presets;
 pub mod processor;
@@ -21,11 +23,14 @@ mod prompt;
 mod qformer;
 mod random_weights;
 mod resize;
+mod softmax;
 mod t5;
+mod t5_layers;
 mod vision;
 mod weights;
 
-pub use blip2::{Blip2, resolve_device, resolve_dtype};
+pub use blip2::Blip2;
+pub use device::{resolve_device, resolve_dtype};
 pub use error::{Error, Result};
 
 /// A tightly packed 8-bit RGB image (row stride = 3 * width).

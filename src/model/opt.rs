@@ -3,12 +3,12 @@
 //! checkpoints) and a head tied to the token embeddings.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{
-    Activation, Embedding, LayerNorm, Linear, VarBuilder, embedding, linear_b, linear_no_bias,
-};
+use candle_nn::{Activation, Embedding, LayerNorm, VarBuilder, embedding};
 
 use super::config::OptConfig;
-use super::kv_cache::{LayerCache, causal_mask, merge_heads, split_heads};
+use super::kv_cache::{LayerCache, causal_mask, merge_heads};
+use super::linear::{Linear, QkvProjection, matmul};
+use super::softmax::softmax_f32;
 
 /// OPT's learned position table is offset by 2 (a fairseq legacy).
 const POSITION_OFFSET: usize = 2;
@@ -28,26 +28,39 @@ fn opt_layer_norm(size: usize, affine: bool, vb: VarBuilder) -> Result<LayerNorm
     }
 }
 
+/// Self-attention; q, k and v come from one batched GEMM ([`QkvProjection`]).
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    qkv: QkvProjection,
     out_proj: Linear,
-    num_heads: usize,
-    scale: f64,
+    /// The head_dim^-0.5 applied to q at run time, or None when it is folded into the q rows.
+    scale: Option<f64>,
 }
 
 impl Attention {
     fn new(cfg: &OptConfig, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         let bias = cfg.enable_bias;
+        let load = |name: &str| Linear::load(h, h, bias, vb.pp(name));
+        let scale = ((h / cfg.num_attention_heads) as f64).powf(-0.5);
+        // transformers scales q after the projection and its bias. Folding the scale into the
+        // q weights and bias saves a launch per layer but rounds differently (the scaled
+        // weights are rounded to the model dtype), unless the scale is a power of two: then
+        // both orders give the same bits. So it is folded only then (head_dim 64, 256, ...);
+        // OPT-2.7b's head_dim 80 keeps the separate multiplication.
+        let exact = scale == 2f64.powi(scale.log2().round() as i32);
+        let q = load("q_proj")?;
+        let q = if exact {
+            Linear::new(
+                (q.weight() * scale)?,
+                q.bias().map(|b| b * scale).transpose()?,
+            )
+        } else {
+            q
+        };
         Ok(Self {
-            q_proj: linear_b(h, h, bias, vb.pp("q_proj"))?,
-            k_proj: linear_b(h, h, bias, vb.pp("k_proj"))?,
-            v_proj: linear_b(h, h, bias, vb.pp("v_proj"))?,
-            out_proj: linear_b(h, h, bias, vb.pp("out_proj"))?,
-            num_heads: cfg.num_attention_heads,
-            scale: ((h / cfg.num_attention_heads) as f64).powf(-0.5),
+            qkv: QkvProjection::new(q, load("k_proj")?, load("v_proj")?, cfg.num_attention_heads)?,
+            out_proj: load("out_proj")?,
+            scale: (!exact).then_some(scale),
         })
     }
 
@@ -57,17 +70,18 @@ impl Attention {
         mask: Option<&Tensor>,
         cache: &mut LayerCache,
     ) -> Result<Tensor> {
-        // OPT scales q before the product (transformers keeps that order).
-        let q = split_heads(&(self.q_proj.forward(xs)? * self.scale)?, self.num_heads)?;
-        let k = split_heads(&self.k_proj.forward(xs)?, self.num_heads)?;
-        let v = split_heads(&self.v_proj.forward(xs)?, self.num_heads)?;
-        let (k, v) = cache.append(k, v)?;
-        let mut scores = q.matmul(&k.t()?)?;
+        let (q, k, v) = self.qkv.forward(xs)?;
+        let q = match self.scale {
+            Some(scale) => (q * scale)?,
+            None => q,
+        };
+        let (k, v) = cache.append(&k, &v)?;
+        let mut scores = matmul(&q, &k.t()?)?;
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-        self.out_proj.forward(&merge_heads(&weights.matmul(&v)?)?)
+        let weights = softmax_f32(&scores)?;
+        self.out_proj.forward(&merge_heads(&matmul(&weights, &v)?)?)
     }
 }
 
@@ -88,8 +102,8 @@ impl DecoderLayer {
         Ok(Self {
             self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
             self_attn_layer_norm: opt_layer_norm(h, affine, vb.pp("self_attn_layer_norm"))?,
-            fc1: linear_b(h, cfg.ffn_dim, cfg.enable_bias, vb.pp("fc1"))?,
-            fc2: linear_b(cfg.ffn_dim, h, cfg.enable_bias, vb.pp("fc2"))?,
+            fc1: Linear::load(h, cfg.ffn_dim, cfg.enable_bias, vb.pp("fc1"))?,
+            fc2: Linear::load(cfg.ffn_dim, h, cfg.enable_bias, vb.pp("fc2"))?,
             final_layer_norm: opt_layer_norm(h, affine, vb.pp("final_layer_norm"))?,
             pre_norm: cfg.do_layer_norm_before,
             activation: cfg.activation_function,
@@ -128,7 +142,6 @@ impl DecoderLayer {
 }
 
 /// Decoder state between steps: per-layer KV cache and each row's left padding.
-#[derive(Clone)]
 pub struct OptState {
     layers: Vec<LayerCache>,
     /// Pad positions at the start of each row (prompts of different lengths, left-padded as
@@ -180,7 +193,7 @@ pub struct Opt {
     project_out: Option<Linear>,
     layers: Vec<DecoderLayer>,
     final_layer_norm: Option<LayerNorm>,
-    lm_head: Tensor,
+    lm_head: Linear,
     max_positions: usize,
 }
 
@@ -197,8 +210,8 @@ impl Opt {
         )?;
         let (project_in, project_out) = if proj != h {
             (
-                Some(linear_no_bias(proj, h, dec.pp("project_in"))?),
-                Some(linear_no_bias(h, proj, dec.pp("project_out"))?),
+                Some(Linear::load(proj, h, false, dec.pp("project_in"))?),
+                Some(Linear::load(h, proj, false, dec.pp("project_out"))?),
             )
         } else {
             (None, None)
@@ -216,11 +229,14 @@ impl Opt {
             None
         };
         // The head is tied to the embeddings; a checkpoint that stores it anyway wins.
-        let lm_head = if vb.contains_tensor("lm_head.weight") {
-            vb.get((cfg.vocab_size, proj), "lm_head.weight")?
-        } else {
-            embed_tokens.embeddings().clone()
-        };
+        let lm_head = Linear::new(
+            if vb.contains_tensor("lm_head.weight") {
+                vb.get((cfg.vocab_size, proj), "lm_head.weight")?
+            } else {
+                embed_tokens.embeddings().clone()
+            },
+            None,
+        );
         Ok(Self {
             embed_tokens,
             embed_positions,
@@ -238,11 +254,11 @@ impl Opt {
     }
 
     pub fn device(&self) -> candle_core::Device {
-        self.lm_head.device().clone()
+        self.lm_head.weight().device().clone()
     }
 
     /// Runs `inputs_embeds` (B, L, word_embed_proj_dim) after `past` cached positions; returns the
-    /// last position's logits (B, vocab) in f32.
+    /// last position's logits (B, vocab) in the model dtype.
     fn forward(&self, inputs_embeds: &Tensor, state: &mut OptState) -> Result<Tensor> {
         let (_, len, _) = inputs_embeds.dims3()?;
         let past = state.layers[0].len();
@@ -296,28 +312,39 @@ impl Opt {
         for (layer, cache) in self.layers.iter().zip(state.layers.iter_mut()) {
             xs = layer.forward(&xs, mask.as_ref(), cache)?;
         }
-        let mut last = xs.narrow(1, len - 1, 1)?.squeeze(1)?;
+        // The last position of each row: a strided (B, hidden) view at prefill when B > 1, which
+        // cuBLAS would reject as a GEMM operand (post-LN configs feed it to project_out or the
+        // head directly). One small copy; a no-op when L = 1.
+        let mut last = xs.narrow(1, len - 1, 1)?.squeeze(1)?.contiguous()?;
         if let Some(norm) = &self.final_layer_norm {
             last = norm.forward(&last)?;
         }
         if let Some(p) = &self.project_out {
             last = p.forward(&last)?;
         }
-        last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)
+        self.lm_head.forward(&last)
     }
 
     /// Prefill: image queries + prompt embeddings at once; `pads[b]` leading positions of row b
-    /// are padding.
-    pub fn prefill(&self, inputs_embeds: &Tensor, pads: Vec<usize>) -> Result<(Tensor, OptState)> {
+    /// are padding. The KV cache is sized for `new_tokens` more positions.
+    pub fn prefill(
+        &self,
+        inputs_embeds: &Tensor,
+        pads: Vec<usize>,
+        new_tokens: usize,
+    ) -> Result<(Tensor, OptState)> {
+        let expected = (inputs_embeds.dim(1)? + new_tokens).min(self.max_positions);
         let mut state = OptState {
-            layers: vec![LayerCache::default(); self.layers.len()],
+            layers: (0..self.layers.len())
+                .map(|_| LayerCache::with_expected_len(expected))
+                .collect(),
             pads,
         };
         let logits = self.forward(inputs_embeds, &mut state)?;
         Ok((logits, state))
     }
 
-    /// One decoding step for the ids (B,) just chosen.
+    /// One decoding step for the ids (B,) just chosen, a u32 tensor on the model's device.
     pub fn step(&self, ids: &Tensor, state: &mut OptState) -> Result<Tensor> {
         let embeds = self.embed(&ids.unsqueeze(1)?)?;
         self.forward(&embeds, state)

@@ -103,7 +103,7 @@ impl Attention {
         let q = (qkv.get(0)?.contiguous()? * self.scale)?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let weights = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let weights = super::softmax::softmax_f32(&q.matmul(&k.t()?)?)?;
         let out = weights.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h))?;
         self.projection.forward(&out)
     }

@@ -2,14 +2,35 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use gstblip2::model::{EarlyStopping, GenerationParams};
+use gstblip2::model::{DeviceChoice, EarlyStopping, GenerationParams};
 use serde_json::Value;
 
+/// The checkout the tests read fixtures from: `CARGO_MANIFEST_DIR` as cargo sets it when it
+/// runs the tests, else the one the binary was built in. (scripts/gpu_check.sh runs the test
+/// binaries on another machine, without cargo, and sets it to the copy there.)
+pub fn root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    root().join("tests/fixtures")
+}
+
+/// The device the model tests run on: `GST_BLIP2_TEST_DEVICE` (`cpu`, `cuda:N`), CPU when
+/// unset. scripts/gpu_check.sh sets `cuda:0` to run the parity, batch, dtype and device tests
+/// on the GPU.
+pub fn test_device() -> DeviceChoice {
+    match std::env::var("GST_BLIP2_TEST_DEVICE") {
+        Ok(name) => name
+            .parse()
+            .unwrap_or_else(|e| panic!("GST_BLIP2_TEST_DEVICE: {e}")),
+        Err(_) => DeviceChoice::Cpu,
+    }
 }
 
 pub fn model_dir(name: &str) -> PathBuf {
@@ -87,6 +108,9 @@ pub struct Case {
     pub params: GenerationParams,
     pub input_ids: Vec<u32>,
     pub token_ids: Vec<Vec<u32>>,
+    /// Greedy cases: the smallest top-1 minus top-2 score over all steps (beam cases: the
+    /// first step's), as scripts/gen_fixtures.py measured it.
+    pub min_greedy_margin: Option<f64>,
     pub text: Vec<String>,
 }
 
@@ -142,6 +166,7 @@ pub fn reference(model: &str) -> Reference {
                     ..GenerationParams::default()
                 },
                 input_ids: ids(&c["input_ids"][0]),
+                min_greedy_margin: c["min_greedy_margin"].as_f64(),
                 token_ids: c["token_ids"].as_array().unwrap().iter().map(ids).collect(),
                 text: c["text"]
                     .as_array()
@@ -169,9 +194,16 @@ impl Reference {
     }
 }
 
+/// Largest absolute difference, wherever the two tensors live.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b)
+    let f32_on_cpu = |t: &Tensor| {
+        t.to_device(&Device::Cpu)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+    };
+    (f32_on_cpu(a) - f32_on_cpu(b))
         .unwrap()
         .abs()
         .unwrap()

@@ -34,6 +34,12 @@ pub fn element(model: &str, props: &[(&str, &str)]) -> gst::Element {
     b.build().unwrap()
 }
 
+/// The `device` property value for tests that run the real model: `GST_BLIP2_TEST_DEVICE`
+/// (`cpu`, `cuda:N`), `cpu` when unset. scripts/gpu_check.sh sets `cuda:0`.
+pub fn test_device() -> String {
+    std::env::var("GST_BLIP2_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())
+}
+
 /// What the fake saw, for assertions.
 #[derive(Default)]
 pub struct Calls {
