@@ -1,80 +1,51 @@
 //! Benchmark: per-caption latency and throughput of BLIP-2 at several batch sizes.
 //!
 //! ```text
-//! cargo run --release --example bench -- (--preset NAME | --model DIR) [--batch 1,8,32]
+//! cargo run --release --example bench -- (--preset NAME | --model DIR|ORG/NAME) [--batch 1,8,32]
 //!     [--new-tokens 20] [--runs 3] [--device auto|cpu|cuda:N] [--dtype auto|f32|f16|bf16]
 //! cargo run --release --example bench -- --print-config NAME     # the preset as transformers JSON
 //! ```
 //! Presets (random weights, real shapes): blip2-opt-2.7b, blip2-opt-6.7b, blip2-flan-t5-xl,
-//! small-opt, small-t5. Exactly `--new-tokens` tokens are generated per caption (EOS ignored),
+//! small-opt, mid-opt, small-t5 (`--help` lists them). Exactly `--new-tokens` tokens are generated per caption (EOS ignored),
 //! greedily. Prints one JSON object. `scripts/bench_hf.py` measures transformers the same way.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
+use clap::Parser;
 use gstblip2::engine::{self, HubSettings, LoadProgress};
 use gstblip2::model::{Blip2, DTypeChoice, DeviceChoice, GenerationParams, RgbImage, presets};
 
+/// Per-caption latency and throughput of BLIP-2 at several batch sizes (one JSON object).
+#[derive(Parser)]
+#[command(name = "bench")]
 struct Args {
+    /// Random-weight model with a preset's shapes: blip2-opt-2.7b, blip2-opt-6.7b,
+    /// blip2-flan-t5-xl, small-opt, mid-opt, small-t5
+    #[arg(long, required_unless_present_any = ["model", "print_config"], conflicts_with = "model")]
     preset: Option<String>,
+    /// Snapshot folder or Hugging Face id to benchmark instead of a preset
+    #[arg(long)]
     model: Option<String>,
-    batches: Vec<usize>,
+    /// Batch sizes, comma-separated; each is measured in turn
+    #[arg(long = "batch", value_delimiter = ',', default_value = "1,8,32",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    batches: Vec<u64>,
+    /// New tokens per caption, exactly (EOS ignored)
+    #[arg(long, default_value_t = 20)]
     new_tokens: usize,
-    runs: usize,
+    /// Timed runs per batch size (after one warm-up); the report gives medians
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    runs: u64,
+    /// auto, cpu or cuda:N
+    #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    /// auto, f32, f16 or bf16
+    #[arg(long, default_value = "auto")]
     dtype: DTypeChoice,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        preset: None,
-        model: None,
-        batches: vec![1, 8, 32],
-        new_tokens: 20,
-        runs: 3,
-        device: DeviceChoice::Auto,
-        dtype: DTypeChoice::Auto,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--preset" => a.preset = Some(value()?),
-            "--model" => a.model = Some(value()?),
-            "--batch" => {
-                a.batches = value()?
-                    .split(',')
-                    .map(|b| {
-                        b.trim()
-                            .parse()
-                            .map_err(|_| format!("bad batch size {b:?}"))
-                    })
-                    .collect::<Result<_, _>>()?
-            }
-            "--new-tokens" => a.new_tokens = value()?.parse().map_err(|_| "bad --new-tokens")?,
-            "--runs" => a.runs = value()?.parse().map_err(|_| "bad --runs")?,
-            "--device" => a.device = value()?.parse().map_err(|e| format!("{e}"))?,
-            "--dtype" => a.dtype = value()?.parse().map_err(|e| format!("{e}"))?,
-            "--print-config" => {
-                let name = value()?;
-                let json = presets::preset_json(&name)
-                    .ok_or_else(|| format!("unknown preset {name:?}"))?;
-                println!("{json}");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    if a.preset.is_none() == a.model.is_none() {
-        return Err(format!(
-            "give exactly one of --preset ({}) or --model DIR",
-            presets::PRESETS.join(", ")
-        ));
-    }
-    if a.runs == 0 || a.batches.contains(&0) {
-        return Err("--runs and batch sizes must be positive".into());
-    }
-    Ok(a)
+    /// Print the preset as transformers JSON (for scripts/bench_hf.py) and exit
+    #[arg(long, value_name = "PRESET", exclusive = true)]
+    print_config: Option<String>,
 }
 
 /// Peak resident memory of this process (VmHWM), in MiB.
@@ -182,13 +153,20 @@ fn snapshot_dir(model: &str) -> Result<std::path::PathBuf, String> {
 }
 
 fn run(a: Args) -> Result<(), String> {
+    if let Some(name) = &a.print_config {
+        println!(
+            "{}",
+            presets::preset_json(name).ok_or_else(|| unknown_preset(name))?
+        );
+        return Ok(());
+    }
     // A hub id is found in (or downloaded into) the hub cache before the load clock starts.
     let snapshot = a.model.as_deref().map(snapshot_dir).transpose()?;
     let t = Instant::now();
     let (model, source) = match (&a.preset, &a.model) {
         (Some(p), _) => {
             let config = presets::preset(p)
-                .ok_or_else(|| format!("unknown preset {p:?}"))?
+                .ok_or_else(|| unknown_preset(p))?
                 .map_err(|e| e.to_string())?;
             (
                 Blip2::random(config, a.device, a.dtype).map_err(|e| e.to_string())?,
@@ -200,7 +178,7 @@ fn run(a: Args) -> Result<(), String> {
                 .map_err(|e| e.to_string())?,
             format!("model {m}"),
         ),
-        _ => unreachable!("checked in parse_args"),
+        _ => unreachable!("clap requires one of --preset and --model"),
     };
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let params = GenerationParams {
@@ -211,7 +189,7 @@ fn run(a: Args) -> Result<(), String> {
     };
     let watch = DeviceMemoryWatch::start(model.device());
     let mut results = Vec::new();
-    for &batch in &a.batches {
+    for batch in a.batches.iter().map(|&b| b as usize) {
         let images: Vec<RgbImage> = (0..batch).map(test_image).collect();
         // Warm-up: first-touch of weights, allocator, kernels.
         model
@@ -262,8 +240,15 @@ fn run(a: Args) -> Result<(), String> {
     Ok(())
 }
 
+fn unknown_preset(name: &str) -> String {
+    format!(
+        "unknown preset {name:?}: expected one of {}",
+        presets::PRESETS.join(", ")
+    )
+}
+
 fn main() -> ExitCode {
-    match parse_args().and_then(run) {
+    match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench: {e}");

@@ -301,3 +301,48 @@ fn mixed_prompt_batch_equals_single_runs() {
         }
     }
 }
+
+/// f16 and bf16 against transformers' own half-precision greedy tokens, computed on the same GPU
+/// by scripts/half_reference.py (`GST_BLIP2_HALF_REFERENCE` names its output). Run by
+/// scripts/gpu_check.sh with `--ignored`: it needs that file, and on a CPU the two
+/// implementations' half-precision kernels differ too much to promise equal tokens.
+/// Asserted for opt-tiny and t5-tiny; the ill-conditioned post-LN fixture is reported only.
+#[test]
+#[ignore = "needs GST_BLIP2_HALF_REFERENCE from scripts/half_reference.py (scripts/gpu_check.sh)"]
+fn half_precision_matches_transformers_on_this_device() {
+    let path = std::env::var("GST_BLIP2_HALF_REFERENCE")
+        .expect("GST_BLIP2_HALF_REFERENCE names scripts/half_reference.py's output");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut mismatches = Vec::new();
+    let mut compared = 0;
+    for model in MODELS {
+        let reference = reference(model);
+        for (dtype, key) in [(DTypeChoice::F16, "f16"), (DTypeChoice::BF16, "bf16")] {
+            let blip2 = load_as(model, dtype);
+            let expected = &json["results"][model][key];
+            for case in &reference.cases {
+                let Some(want) = expected.get(&case.name) else {
+                    continue;
+                };
+                let want: Vec<Vec<u32>> = serde_json::from_value(want.clone()).unwrap();
+                let (captions, _) = blip2
+                    .caption_pixels(&reference.pixels(&case.images), &case.prompt, &case.params)
+                    .unwrap();
+                let got: Vec<Vec<u32>> = captions.into_iter().map(|c| c.token_ids).collect();
+                let same = got == want;
+                eprintln!(
+                    "{model} {key} {}: {}",
+                    case.name,
+                    if same { "same tokens" } else { "DIFFERENT" }
+                );
+                if !same && model != "opt-tiny-sharded-f16" {
+                    mismatches.push(format!("{model} {key} {}: {got:?} != {want:?}", case.name));
+                }
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared >= 20, "only {compared} cases in {path}");
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+}
