@@ -101,48 +101,38 @@ impl Module for Linear {
     }
 }
 
-/// The q, k and v projections of a self-attention layer as one batched GEMM over weights
-/// stacked at load: one launch instead of three (and one bias add instead of three).
+/// The q, k and v projections of a self-attention layer as one GEMM over weights concatenated
+/// at load: one launch (and one bias add) instead of three.
 pub struct QkvProjection {
-    /// (3, out, in): q, k, v in that order.
-    weight: Tensor,
-    /// (3, 1, out).
-    bias: Option<Tensor>,
+    /// Rows: q's outputs, then k's, then v's.
+    fused: Linear,
     num_heads: usize,
 }
 
 impl QkvProjection {
     pub fn new(q: Linear, k: Linear, v: Linear, num_heads: usize) -> Result<Self> {
-        let weight = Tensor::stack(&[q.weight(), k.weight(), v.weight()], 0)?;
+        let weight = Tensor::cat(&[q.weight(), k.weight(), v.weight()], 0)?;
         let bias = match (q.bias(), k.bias(), v.bias()) {
             (None, None, None) => None,
-            (Some(q), Some(k), Some(v)) => Some(Tensor::stack(&[q, k, v], 0)?.unsqueeze(1)?),
+            (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[q, k, v], 0)?),
             _ => candle_core::bail!("q, k and v projections must all have a bias or none"),
         };
         Ok(Self {
-            weight,
-            bias,
+            fused: Linear::new(weight, bias),
             num_heads,
         })
     }
 
-    /// xs (B, L, in) -> q, k, v, each (B, heads, L, head_dim) and contiguous. When L = 1 (a
-    /// decoding step) the split is a view: no copy at all.
+    /// xs (B, L, in) -> q, k, v, each (B, heads, L, head_dim) and contiguous. The split is one
+    /// copy, and none for a single row (batch 1, one decoding step).
     pub fn forward(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let (b, l, input) = xs.dims3()?;
-        let out = self.weight.dim(1)?;
-        // The rows broadcast over the three stacked weights (a zero batch stride).
-        let rows = xs
-            .reshape((1, b * l, input))?
-            .broadcast_as((3, b * l, input))?;
-        let mut qkv = matmul(&rows, &self.weight.transpose(1, 2)?)?;
-        if let Some(bias) = &self.bias {
-            qkv = qkv.broadcast_add(bias)?;
-        }
+        let (b, l, _) = xs.dims3()?;
+        let qkv = self.fused.forward(xs)?;
+        let out = qkv.dim(2)? / 3;
         let heads = self.num_heads;
         let qkv = qkv
-            .reshape((3, b, l, heads, out / heads))?
-            .transpose(2, 3)?
+            .reshape((b, l, 3, heads, out / heads))?
+            .permute((2, 0, 3, 1, 4))?
             .contiguous()?;
         Ok((qkv.get(0)?, qkv.get(1)?, qkv.get(2)?))
     }
@@ -217,17 +207,14 @@ mod tests {
     }
 
     /// Layouts the decoder relies on: a KV cache read through `narrow` (capacity > length),
-    /// its transpose, broadcast weights for a batched projection.
+    /// and its transpose.
     #[test]
-    fn cache_views_and_broadcast_batches_are_accepted() {
+    fn cache_views_are_accepted() {
         let cache = t(&[2, 3, 8, 4]).narrow(2, 0, 5).unwrap();
         let q = t(&[2, 3, 1, 4]);
         assert!(cublas_accepts(q.layout(), cache.t().unwrap().layout()));
         let weights = t(&[2, 3, 1, 5]);
         assert!(cublas_accepts(weights.layout(), cache.layout()));
-        let x = t(&[1, 6, 4]).broadcast_as((3, 6, 4)).unwrap();
-        let w = t(&[3, 5, 4]);
-        assert!(cublas_accepts(x.layout(), w.t().unwrap().layout()));
         // A permuted head split that was not made contiguous (B > 1, L > 1) is not.
         let split = t(&[2, 5, 3, 4]).transpose(1, 2).unwrap();
         assert!(!cublas_accepts(split.layout(), t(&[2, 3, 4, 5]).layout()));
