@@ -6,7 +6,7 @@ references are float32; half precision moves logits by more than some of their t
 
 Same inputs as tests/fixtures/reference (transformers' pixel values and input ids), eager attention
 (softmax in f32, as the Rust side computes it), greedy, the cases' own parameters. Run by
-scripts/gpu_check.sh; `GST_BLIP2_HALF_REFERENCE=<file> <parity test binary> --ignored
+scripts/gpu_check.sh; `GST_BLIP2_HALF_REFERENCE=<file> <CUDA parity test binary> --exact
 half_precision_matches_transformers_on_this_device` compares.
 """
 

@@ -115,6 +115,13 @@ fn element_captions_on_the_test_device() {
             .unwrap()
             .remove(0)
             .text;
+        // The element removes control characters from answers and trims them (this random
+        // model makes a form feed); the model's text is as it is.
+        let want: String = want
+            .chars()
+            .filter(|&c| c >= ' ' || c == '\n' || c == '\t')
+            .collect();
+        let want = want.trim();
         let p = gst_common::pipeline(&format!(
             "appsrc name=src format=time ! blip2caption model={} device={} dtype=f32 \
              ! fakesink sync=false",
@@ -146,6 +153,6 @@ fn element_captions_on_the_test_device() {
             .iter()
             .map(|c| c.get::<&str>("text").unwrap())
             .collect();
-        assert_eq!(texts, vec![want.as_str(); 3], "{model}");
+        assert_eq!(texts, vec![want; 3], "{model}");
     }
 }
