@@ -8,10 +8,11 @@
 #     Sources the CUDA toolkit script (default ../shared/cuda/toolkit.sh beside the checkout;
 #     CUDA_TOOLKIT_SH overrides), builds the CUDA test binaries (lib, parity, device) and the
 #     bench example into target-cuda/ (CUDA_TARGET_DIR overrides; a clean build takes about
-#     30 minutes on 2 cores), strips and packs them into devcarry/gpu-check.tar.xz with the
-#     preset configs, downloads the GStreamer runtime .debs into devcarry/debs/, checks with
-#     readelf that every library the binaries need is carried or comes with the GPU machine's
-#     CUDA and base system, and checks that devcarry/ fits the device tool's 64 MiB.
+#     30 minutes on 2 cores), strips and packs them into devcarry/gpu-check.tar.xz, downloads
+#     the GStreamer runtime .debs into devcarry/debs/, checks with readelf that every library
+#     the binaries need is carried or comes with the GPU machine's CUDA and base system, and
+#     checks that devcarry/ fits the device tool's 64 MiB. (The CUDA binaries cannot start
+#     here: they need the driver's libcuda.so.1.)
 # There (device tool: carry ["devcarry"], timeout_s 480):
 #   bash scripts/gpu_check.sh run
 #     Runs the packed tests with GST_BLIP2_TEST_DEVICE=cuda:0, then the bench (blip2-opt-2.7b
@@ -46,7 +47,7 @@ pack() {
   json=$(mktemp)
   nice -n 10 cargo test "${args[@]}" --no-run --lib --test parity --test device >"$json"
   nice -n 10 cargo build "${args[@]}" --example bench >>"$json"
-  rm -rf "$carry" && mkdir -p "$carry/stage/bin" "$carry/stage/presets" "$carry/debs"
+  rm -rf "$carry" && mkdir -p "$carry/stage/bin" "$carry/debs"
   python3 - "$json" "$carry/stage/bin" <<'EOF'
 import json, shutil, sys
 names = {"gst-plugin-blip2": "lib", "gstblip2": "lib", "parity": "parity", "device": "device", "bench": "bench"}
@@ -64,10 +65,6 @@ sys.exit(f"gpu_check: no executable for {sorted(missing)}" if missing else 0)
 EOF
   rm -f "$json"
   strip "$carry"/stage/bin/*
-  for p in "${PRESETS[@]}"; do
-    set -- $p
-    "$carry/stage/bin/bench" --print-config "$1" >"$carry/stage/presets/$1.json"
-  done
   git -C "$root" rev-parse HEAD >"$carry/stage/commit.txt" 2>/dev/null || echo unknown >"$carry/stage/commit.txt"
   # One solid archive: the binaries share most of their bytes (candle's PTX, the model code).
   tar -C "$carry/stage" -cf - . | xz -9e -T1 --lzma2=dict=192MiB >"$carry/gpu-check.tar.xz"
@@ -83,27 +80,38 @@ EOF
   echo "gpu_check: ready; run: bash scripts/gpu_check.sh run  (device tool, carry [\"devcarry\"])"
 }
 
-# Every NEEDED entry of the binaries, and of the libraries in the .debs, must be carried or be
-# one the GPU machine provides: the CUDA libraries (driver and toolkit) or its base system.
+# Every NEEDED entry of the binaries, of the shared libraries in the .debs and of the GStreamer
+# plugins the tests load (appsrc: app, fakesink: coreelements) and the plugin scanner must be
+# carried or be one the GPU machine provides: the CUDA libraries (driver and toolkit) or its base
+# system. The other plugins of gstreamer1.0-plugins-base (ogg, vorbis, ...) may lack libraries
+# there; GStreamer then skips them with a warning, and no test uses them.
 check_libraries() {
   local tree
   tree=$(mktemp -d)
   for f in "$carry"/debs/*.deb; do dpkg -x "$f" "$tree"; done
-  local provided="libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcudart.so.13
-    libnvrtc.so.13 libc.so.6 libm.so.6 libgcc_s.so.1 libstdc++.so.6 ld-linux-x86-64.so.2
-    libpthread.so.0 libdl.so.2 librt.so.1 libz.so.1 libffi.so.8 libpcre2-8.so.0 libmount.so.1
-    libselinux.so.1 liblzma.so.5 libzstd.so.1 libbz2.so.1.0"
+  local provided
+  provided=" $(echo libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcudart.so.13 \
+    libnvrtc.so.13 libc.so.6 libm.so.6 libgcc_s.so.1 libstdc++.so.6 ld-linux-x86-64.so.2 \
+    libpthread.so.0 libdl.so.2 librt.so.1 libz.so.1 libffi.so.8 libpcre2-8.so.0 libmount.so.1 \
+    libselinux.so.1 liblzma.so.5 libzstd.so.1 libbz2.so.1.0) "
   local bad=0
   echo "gpu_check: libraries the binaries need (readelf -d):"
   for bin in "$carry"/stage/bin/*; do
     echo "  $(basename "$bin"): $(readelf -d "$bin" | awk '/NEEDED/ {gsub(/[][]/, "", $5); printf "%s ", $5}')"
   done
+  local used=()
+  for name in libgstapp.so libgstcoreelements.so gst-plugin-scanner; do
+    local file
+    file=$(find "$tree" -name "$name" -type f -print -quit)
+    [ -n "$file" ] || { echo "gpu_check: $name is not in the carried .debs" >&2; bad=1; continue; }
+    used+=("$file")
+  done
   local needed
-  needed=$( { readelf -d "$carry"/stage/bin/* 2>/dev/null
-              find "$tree" -name '*.so*' -type f -exec readelf -d {} + 2>/dev/null
+  needed=$( { readelf -d "$carry"/stage/bin/* "${used[@]}" 2>/dev/null
+              find "$tree" -name '*.so*' -type f -not -path '*/gstreamer-1.0/*' -exec readelf -d {} + 2>/dev/null
             } | awk '/NEEDED/ {gsub(/[][]/, "", $5); print $5}' | sort -u)
   for lib in $needed; do
-    if [[ " $provided " == *" $lib "* ]] || [ -n "$(find "$tree" -name "$lib" -print -quit)" ]; then
+    if [[ "$provided" == *" $lib "* ]] || [ -n "$(find "$tree" -name "$lib" -print -quit)" ]; then
       continue
     fi
     echo "gpu_check: $lib is needed but neither carried nor provided by the GPU machine" >&2
@@ -165,7 +173,9 @@ run() {
     set -- $p
     if [ "$(left)" -gt 100 ]; then
       echo "== transformers bench $1 $3 ($(left) s left)"
-      timeout $(($(left) - 10)) python3 "$root/scripts/bench_hf.py" --config "$work/presets/$1.json" \
+      # The preset as transformers JSON; made there, as the CUDA build needs libcuda.so.1 to start.
+      "$work/bin/bench" --print-config "$1" >"$work/preset-$1.json"
+      timeout $(($(left) - 10)) python3 "$root/scripts/bench_hf.py" --config "$work/preset-$1.json" \
         --device cuda --dtype "$3" --batch 1,8,32 --new-tokens 20 --runs 3 \
         >"$out/bench-hf-$1.json" 2>"$out/bench-hf-$1.err"
       echo "   exit $?"
