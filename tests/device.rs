@@ -2,13 +2,13 @@
 //! greedy ties, one model used from two threads, and the element's pipeline, each compared
 //! with the CPU's float32 results, which the parity tests tie to transformers.
 
-mod common;
 mod gst_common;
 
 use std::time::Duration;
 
 use candle_core::{DType, Tensor};
 use gst::prelude::*;
+use gst_common::common;
 use gstblip2::model::generate::{first_max_index, greedy_ids};
 use gstblip2::model::{
     Blip2, DTypeChoice, DeviceChoice, GenerationParams, RgbImage, resolve_device,
