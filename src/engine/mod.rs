@@ -111,23 +111,29 @@ pub trait Captioner: Send + Sync {
         let Some(images) = images else {
             return vec![Err(unexpected_input()); n];
         };
-        match self.caption_each(&images, &prompts, params) {
-            Ok(captions) if captions.len() == n => captions.into_iter().map(Ok).collect(),
-            Ok(captions) => {
-                let e = CaptionError::Internal(format!(
-                    "model returned {} captions for {n} images",
-                    captions.len()
-                ));
-                vec![Err(e); n]
-            }
-            Err(e) => vec![Err(e); n],
-        }
+        one_per_item(self.caption_each(&images, &prompts, params), n)
     }
 
     /// Problems the loader worked around (for example missing preprocessor settings), for the
     /// element to post as warnings.
     fn load_warnings(&self) -> Vec<String> {
         Vec::new()
+    }
+}
+
+/// Splits one model call's answer for `n` items into one result per item: a failure, or a
+/// caption count other than `n`, fails every item.
+fn one_per_item(answer: Result<Vec<Caption>>, n: usize) -> Vec<Result<Caption>> {
+    match answer {
+        Ok(captions) if captions.len() == n => captions.into_iter().map(Ok).collect(),
+        Ok(captions) => {
+            let e = CaptionError::Internal(format!(
+                "model returned {} captions for {n} images",
+                captions.len()
+            ));
+            vec![Err(e); n]
+        }
+        Err(e) => vec![Err(e); n],
     }
 }
 
@@ -182,17 +188,7 @@ impl Captioner for model::Blip2 {
                 Ok(self.caption_pixels_each(&pixels, &prompts, &params)?)
             };
             let n = runnable.len();
-            let answers: Vec<Result<Caption>> = match run() {
-                Ok(captions) if captions.len() == n => captions.into_iter().map(Ok).collect(),
-                Ok(captions) => {
-                    let e = CaptionError::Internal(format!(
-                        "model returned {} captions for {n} images",
-                        captions.len()
-                    ));
-                    vec![Err(e); n]
-                }
-                Err(e) => vec![Err(e); n],
-            };
+            let answers = one_per_item(run(), n);
             for (i, answer) in runnable.into_iter().zip(answers) {
                 results[i] = Some(answer);
             }
