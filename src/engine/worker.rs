@@ -703,10 +703,12 @@ mod tests {
         assert_eq!(*cap.batches.lock().unwrap(), vec![1, 3]);
     }
 
-    /// Records the prompts of every `caption_batch` call; held at a gate like [`Gated`].
+    /// Records the prompts and cancel tokens of every `caption_batch` call; held at a gate
+    /// like [`Gated`].
     struct GatedCalls {
         gate: Mutex<mpsc::Receiver<()>>,
         calls: Mutex<Vec<Vec<String>>>,
+        cancels: Mutex<Vec<CancelToken>>,
     }
 
     impl Captioner for GatedCalls {
@@ -728,6 +730,10 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push(items.iter().map(|i| i.prompt.clone()).collect());
+            self.cancels
+                .lock()
+                .unwrap()
+                .extend(items.iter().map(|i| i.cancel.clone()));
             let _ = self.gate.lock().unwrap().recv();
             items
                 .iter()
@@ -746,6 +752,7 @@ mod tests {
         let cap = Arc::new(GatedCalls {
             gate: Mutex::new(rx),
             calls: Mutex::new(vec![]),
+            cancels: Mutex::new(vec![]),
         });
         (cap, tx)
     }
@@ -886,57 +893,22 @@ mod tests {
 
     #[test]
     fn cancel_reaches_running_requests_and_drops_their_outcome() {
-        struct Watch {
-            seen: Mutex<Option<CancelToken>>,
-            gate: Mutex<mpsc::Receiver<()>>,
-        }
-        impl Captioner for Watch {
-            fn caption(
-                &self,
-                _: &[RgbImage],
-                _: &str,
-                _: &GenerationParams,
-            ) -> ModelResult<Vec<Caption>> {
-                unreachable!("caption_batch is overridden")
-            }
-            fn caption_batch(
-                &self,
-                items: Vec<BatchItem>,
-                _: &GenerationParams,
-            ) -> Vec<ModelResult<Caption>> {
-                *self.seen.lock().unwrap() = Some(items[0].cancel.clone());
-                let _ = self.gate.lock().unwrap().recv();
-                items
-                    .iter()
-                    .map(|_| {
-                        Ok(Caption {
-                            token_ids: vec![],
-                            text: "late".into(),
-                        })
-                    })
-                    .collect()
-            }
-        }
-        let (tx, rx) = mpsc::channel();
-        let watch = Arc::new(Watch {
-            seen: Mutex::new(None),
-            gate: Mutex::new(rx),
-        });
-        let engine = Engine::spawn(watch.clone(), "t");
+        let (cap, gate) = gated_calls();
+        let engine = Engine::spawn(cap.clone(), "t");
         let c = engine.client();
         let running = c.submit(req(1, ""));
-        wait_until(|| watch.seen.lock().unwrap().is_some());
+        wait_until(|| cap.calls.lock().unwrap().len() == 1);
         let queued = c.submit(req(2, ""));
-        let token = watch.seen.lock().unwrap().clone().unwrap();
+        let token = cap.cancels.lock().unwrap()[0].clone();
         assert!(!token.is_cancelled());
         assert_eq!(c.cancel(), vec![queued]);
         assert!(token.is_cancelled());
         assert_eq!(c.wait_for(running).unwrap_err(), WaitError::Unknown);
-        tx.send(()).unwrap();
+        gate.send(()).unwrap();
         // A request submitted after the cancel is answered; the cancelled one never is.
         let after = c.submit(req(3, ""));
-        tx.send(()).unwrap();
-        assert_eq!(c.wait_for(after).unwrap().result.unwrap().text, "late");
+        gate.send(()).unwrap();
+        assert_eq!(c.wait_for(after).unwrap().result.unwrap().text, "3");
         assert!(c.take_ready().is_empty());
     }
 
