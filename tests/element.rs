@@ -77,19 +77,6 @@ fn sampling_count_and_pts_for_intervals_and_framerates() {
     }
 }
 
-/// The frames of [`frame`].
-const CAPS: &str = "video/x-raw,format=RGB,width=4,height=2,framerate=10/1";
-
-fn frame(i: u64, value: u8) -> gst::Buffer {
-    let mut b = gst::Buffer::from_mut_slice(vec![value; 4 * 2 * 3]);
-    {
-        let b = b.get_mut().unwrap();
-        b.set_pts(gst::ClockTime::from_nseconds(i * SEC / 10));
-        b.set_duration(gst::ClockTime::from_nseconds(SEC / 10));
-    }
-    b
-}
-
 /// Drains the text harness: (buffers, gap events). The text pad has its own task, so wait until
 /// it has been quiet for 300 ms (a loaded CI machine may be slow to schedule it).
 fn drain_text(th: &mut gst_check::Harness) -> (Vec<gst::Buffer>, Vec<(u64, u64)>) {
@@ -128,7 +115,7 @@ fn text_stream_before_the_first_cue() {
     let fake = Fake::new(300);
     let model = install("gaps", fake);
     let el = element(&model, &[("mode", "realtime")]);
-    let (mut h, mut th) = start_harnesses(&el, CAPS);
+    let (mut h, mut th) = start_harnesses(&el, FRAME_CAPS);
     for i in 0..3 {
         h.push(frame(i, 10)).unwrap();
     }
@@ -173,7 +160,7 @@ fn realtime_caption_meta_rides_on_a_later_frame() {
     let fake = Fake::new(150);
     let model = install("realtime-meta", fake.clone());
     let el = element(&model, &[("mode", "realtime"), ("interval", "10000000000")]);
-    let (mut h, mut th) = start_harnesses(&el, CAPS);
+    let (mut h, mut th) = start_harnesses(&el, FRAME_CAPS);
     h.push(frame(0, 50)).unwrap();
     let first = h.pull().unwrap();
     let name = gstblip2::META_NAME;
@@ -224,7 +211,7 @@ fn complete_mode_meta_is_on_the_analysed_frame() {
             ("max-in-flight", "1"),
         ],
     );
-    let (mut h, _th) = start_harnesses(&el, CAPS);
+    let (mut h, _th) = start_harnesses(&el, FRAME_CAPS);
     for i in 0..4 {
         h.push(frame(i, 7 * i as u8)).unwrap();
     }
@@ -243,7 +230,7 @@ fn prompt_change_while_playing_takes_effect() {
     let fake = Fake::new(0);
     let model = install("prompt", fake.clone());
     let el = element(&model, &[("mode", "complete"), ("interval", "0")]);
-    let (mut h, mut th) = start_harnesses(&el, CAPS);
+    let (mut h, mut th) = start_harnesses(&el, FRAME_CAPS);
     h.push(frame(0, 1)).unwrap();
     el.set_property("prompt", "Question: what colour? Answer:");
     h.push(frame(1, 1)).unwrap();
@@ -268,7 +255,7 @@ fn latency_query_adds_configured_latency_when_live() {
     init();
     let model = install("latency", Fake::new(0));
     let el = element(&model, &[("latency", "700000000")]);
-    let (mut h, _th) = start_harnesses(&el, CAPS);
+    let (mut h, _th) = start_harnesses(&el, FRAME_CAPS);
     h.set_upstream_latency(gst::ClockTime::from_mseconds(10));
     let latency = h.query_latency().unwrap();
     assert_eq!(latency, gst::ClockTime::from_mseconds(710));

@@ -16,9 +16,6 @@ use std::time::Duration;
 use gst::prelude::*;
 use gst_common::*;
 
-const CAPS: &str = "video/x-raw,format=RGB,width=4,height=2,framerate=10/1";
-const SEC: u64 = 1_000_000_000;
-
 /// A copy of the tiny model whose `config.json` is a named pipe.
 fn gated_model(tag: &str) -> PathBuf {
     let dir = scratch(&format!("gated-{tag}"));
@@ -62,17 +59,6 @@ fn element_on_bus(model: &Path, props: &[(&str, &str)]) -> (gst::Element, gst::B
     (el, bus)
 }
 
-/// Runs `f` on another thread and fails if it takes longer than 10 s (it must not wait for the
-/// gated load).
-fn promptly<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .unwrap_or_else(|_| panic!("{what} waited for the model load"))
-}
-
 /// Waits for the loader to post `reading config.json`: it is now blocked at the gate. Returns
 /// the Progress types seen so far.
 fn wait_at_gate(bus: &gst::Bus) -> Vec<gst::ProgressType> {
@@ -94,16 +80,6 @@ fn wait_at_gate(bus: &gst::Bus) -> Vec<gst::ProgressType> {
         }
         assert_ne!(kind, gst::ProgressType::Error, "{text}");
     }
-}
-
-fn frame(i: u64) -> gst::Buffer {
-    let mut b = gst::Buffer::from_mut_slice(vec![100u8; 4 * 2 * 3]);
-    {
-        let b = b.get_mut().unwrap();
-        b.set_pts(gst::ClockTime::from_nseconds(i * SEC / 10));
-        b.set_duration(gst::ClockTime::from_nseconds(SEC / 10));
-    }
-    b
 }
 
 fn stat(el: &gst::Element, name: &str) -> u64 {
@@ -140,11 +116,11 @@ fn realtime_drops_and_counts_samples_until_the_model_is_ready() {
     let (el, bus) = element_on_bus(&dir, &[("mode", "realtime"), ("interval", "0")]);
     let mut h = gst_check::Harness::with_element(&el, Some("sink"), Some("src"));
     let _th = gst_check::Harness::with_element(&el, None, Some("text_src"));
-    h.set_src_caps_str(CAPS);
+    h.set_src_caps_str(FRAME_CAPS);
     wait_at_gate(&bus);
     // The video flows from the first frame while the model loads.
     for i in 0..5 {
-        h.push(frame(i)).unwrap();
+        h.push(frame(i, 100)).unwrap();
         assert!(h.pull().is_ok());
     }
     assert_eq!(stat(&el, "samples-taken"), 5);
@@ -155,7 +131,7 @@ fn realtime_drops_and_counts_samples_until_the_model_is_ready() {
     let mut i = 5;
     while stat(&el, "captions-emitted") == 0 {
         assert!(i < 5000, "no caption after the load");
-        h.push(frame(i)).unwrap();
+        h.push(frame(i, 100)).unwrap();
         h.pull().unwrap();
         i += 1;
         std::thread::sleep(Duration::from_millis(5));
@@ -172,12 +148,12 @@ fn complete_mode_waits_for_the_model_for_its_first_sample() {
     let (el, bus) = element_on_bus(&dir, &[("mode", "complete"), ("max-in-flight", "1")]);
     let mut h = gst_check::Harness::with_element(&el, Some("sink"), Some("src"));
     let _th = gst_check::Harness::with_element(&el, None, Some("text_src"));
-    h.set_src_caps_str(CAPS);
+    h.set_src_caps_str(FRAME_CAPS);
     wait_at_gate(&bus);
     // The first frame arrives while the model is loading: its push waits for the model.
     let (tx, rx) = mpsc::channel();
     let pusher = std::thread::spawn(move || {
-        let res = h.push(frame(0));
+        let res = h.push(frame(0, 100));
         let out = h.pull().ok();
         let _ = tx.send(());
         (res, out)
@@ -199,7 +175,7 @@ fn failed_load_is_an_error_naming_the_file_and_the_property() {
     let dir = gated_model("broken");
     let (el, bus) = element_on_bus(&dir, &[("mode", "complete")]);
     let mut h = gst_check::Harness::with_element(&el, Some("sink"), Some("src"));
-    h.set_src_caps_str(CAPS);
+    h.set_src_caps_str(FRAME_CAPS);
     wait_at_gate(&bus);
     open_gate(&dir, b"{ not json");
     let msg = bus
@@ -215,7 +191,7 @@ fn failed_load_is_an_error_naming_the_file_and_the_property() {
     );
     assert!(text.contains("property `model`"), "{text}");
     // Complete mode does not wait forever for a model that will not come.
-    assert_eq!(h.push(frame(0)), Err(gst::FlowError::Error));
+    assert_eq!(h.push(frame(0, 100)), Err(gst::FlowError::Error));
 }
 
 #[test]

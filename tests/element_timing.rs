@@ -62,29 +62,6 @@ fn last_cue_ends_with_the_stream() {
     assert_eq!(srt_cues(&clip, 100 * SEC, "100s"), vec![(0, 10000)]);
 }
 
-/// 10 fps RGB frames for the harness tests.
-const CAPS: &str = "video/x-raw,format=RGB,width=4,height=2,framerate=10/1";
-
-fn frame(pts: u64, duration: u64, value: u8) -> gst::Buffer {
-    let mut b = gst::Buffer::from_mut_slice(vec![value; 4 * 2 * 3]);
-    {
-        let b = b.get_mut().unwrap();
-        b.set_pts(gst::ClockTime::from_nseconds(pts));
-        b.set_duration(gst::ClockTime::from_nseconds(duration));
-    }
-    b
-}
-
-fn element(model: &str, props: &[(&str, &str)]) -> gst::Element {
-    let mut b = gst::ElementFactory::make("blip2caption")
-        .property("model", model)
-        .property_from_str("text-mode", "cues");
-    for (k, v) in props {
-        b = b.property_from_str(k, v);
-    }
-    b.build().unwrap()
-}
-
 /// Every text buffer until EOS on the text harness: (pts, duration).
 fn cues_until_eos(th: &mut gst_check::Harness) -> Vec<(u64, u64)> {
     let mut out = vec![];
@@ -116,13 +93,13 @@ fn cues_until_eos(th: &mut gst_check::Harness) -> Vec<(u64, u64)> {
 fn segment_stop_ends_the_last_cue() {
     init();
     let model = install("timing-stop", Fake::new(0));
-    let el = element(&model, &[("mode", "complete")]);
-    let (mut h, mut th) = start_harnesses(&el, CAPS);
+    let el = cues_element(&model, &[("mode", "complete")]);
+    let (mut h, mut th) = start_harnesses(&el, FRAME_CAPS);
     let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
     segment.set_stop(gst::ClockTime::from_mseconds(450));
     assert!(h.push_event(gst::event::Segment::new(&segment)));
     for i in 0..5 {
-        h.push(frame(i * SEC / 10, SEC / 10, 1)).unwrap();
+        h.push(frame_at(i * SEC / 10, SEC / 10, 1)).unwrap();
     }
     assert!(h.push_event(gst::event::Eos::new()));
     assert_eq!(cues_until_eos(&mut th), vec![(0, 450_000_000)]);
@@ -137,14 +114,14 @@ fn file_boundary_samples_no_frame_twice() {
     init();
     let fake = Fake::new(0);
     let model = install("timing-concat", fake.clone());
-    let el = element(&model, &[("mode", "complete")]);
+    let el = cues_element(&model, &[("mode", "complete")]);
     let caps = "video/x-raw,format=RGB,width=4,height=2,framerate=30/1";
     let (mut h, mut th) = start_harnesses(&el, caps);
     let fd = 33_333_333;
     let pts = |i: u64| i * SEC / 30;
     // First file: 300 frames; the last one ends at 9.999999999 s.
     for i in 0..300 {
-        h.push(frame(pts(i), fd, 1)).unwrap();
+        h.push(frame_at(pts(i), fd, 1)).unwrap();
     }
     let end_of_first = pts(299) + fd;
     assert_eq!(end_of_first, 10 * SEC - 1);
@@ -159,7 +136,7 @@ fn file_boundary_samples_no_frame_twice() {
     second.set_base(gst::ClockTime::from_nseconds(end_of_first));
     assert!(h.push_event(gst::event::Segment::new(&second)));
     for i in 0..45 {
-        h.push(frame(pts(i), fd, 2)).unwrap();
+        h.push(frame_at(pts(i), fd, 2)).unwrap();
     }
     assert!(h.push_event(gst::event::Eos::new()));
     let cues = cues_until_eos(&mut th);
@@ -219,14 +196,14 @@ fn interval_change_applies_from_the_next_frame() {
     init();
     let fake = Fake::new(0);
     let model = install("timing-interval", fake.clone());
-    let el = element(
+    let el = cues_element(
         &model,
         &[("mode", "complete"), ("interval", "100000000000")],
     );
-    let (mut h, mut th) = start_harnesses(&el, CAPS);
+    let (mut h, mut th) = start_harnesses(&el, FRAME_CAPS);
     let push = |h: &mut gst_check::Harness, range: std::ops::Range<u64>| {
         for i in range {
-            h.push(frame(i * SEC / 10, SEC / 10, i as u8)).unwrap();
+            h.push(frame_at(i * SEC / 10, SEC / 10, i as u8)).unwrap();
         }
     };
     push(&mut h, 0..35);

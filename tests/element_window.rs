@@ -8,7 +8,6 @@
 
 mod gst_common;
 
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,37 +15,6 @@ use gst::prelude::*;
 use gst_common::*;
 
 const SEC: u64 = 1_000_000_000;
-const CAPS: &str = "video/x-raw,format=RGB,width=4,height=2,framerate=10/1";
-
-fn element(model: &str, props: &[(&str, &str)]) -> gst::Element {
-    let mut b = gst::ElementFactory::make("blip2caption")
-        .property("model", model)
-        .property_from_str("text-mode", "cues");
-    for (k, v) in props {
-        b = b.property_from_str(k, v);
-    }
-    b.build().unwrap()
-}
-
-fn frame(i: u64, value: u8) -> gst::Buffer {
-    let mut b = gst::Buffer::from_mut_slice(vec![value; 4 * 2 * 3]);
-    {
-        let b = b.get_mut().unwrap();
-        b.set_pts(gst::ClockTime::from_nseconds(i * SEC / 10));
-        b.set_duration(gst::ClockTime::from_nseconds(SEC / 10));
-    }
-    b
-}
-
-/// Runs `f` on another thread; fails (instead of hanging) if it takes more than 10 s.
-fn promptly<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .unwrap_or_else(|_| panic!("{what} waited"))
-}
 
 /// The PTS and meta text of every buffer the harness got, in order.
 fn frames_out(h: &mut gst_check::Harness) -> Vec<(u64, Option<String>)> {
@@ -67,7 +35,7 @@ fn frames_wait_in_the_window_and_leave_in_order_with_their_meta() {
     init();
     let gate = Gate::new();
     let model = install_captioner("window-order", gate.clone());
-    let el = element(
+    let el = cues_element(
         &model,
         &[
             ("mode", "complete"),
@@ -76,7 +44,7 @@ fn frames_wait_in_the_window_and_leave_in_order_with_their_meta() {
             ("max-batch", "2"),
         ],
     );
-    let (h, _th) = start_harnesses(&el, CAPS);
+    let (h, _th) = start_harnesses(&el, FRAME_CAPS);
     let h = Arc::new(Mutex::new(h));
     // Three samples taken, none answered: upstream does not wait.
     for i in 0..3 {
@@ -150,7 +118,7 @@ fn eos_drains_the_window_and_every_cue_ends_in_order() {
     init();
     let fake = Fake::new(0);
     let model = install("window-eos", fake.clone());
-    let el = element(
+    let el = cues_element(
         &model,
         &[
             ("mode", "complete"),
@@ -158,7 +126,7 @@ fn eos_drains_the_window_and_every_cue_ends_in_order() {
             ("max-in-flight", "8"),
         ],
     );
-    let (mut h, mut th) = start_harnesses(&el, CAPS);
+    let (mut h, mut th) = start_harnesses(&el, FRAME_CAPS);
     for i in 0..9 {
         h.push(frame(i, i as u8)).unwrap();
     }
@@ -212,7 +180,7 @@ fn a_flush_drops_the_window() {
     init();
     let gate = Gate::new();
     let model = install_captioner("window-flush", gate.clone());
-    let el = element(
+    let el = cues_element(
         &model,
         &[
             ("mode", "complete"),
@@ -222,7 +190,7 @@ fn a_flush_drops_the_window() {
         ],
     );
     let bus = gst::Bus::new();
-    let (mut h, _th) = start_harnesses(&el, CAPS);
+    let (mut h, _th) = start_harnesses(&el, FRAME_CAPS);
     el.set_bus(Some(&bus));
     for i in 0..3 {
         h.push(frame(i, 1)).unwrap();
@@ -263,7 +231,7 @@ fn a_caps_change_lets_the_window_out_first() {
     init();
     let fake = Fake::new(0);
     let model = install("window-caps", fake.clone());
-    let el = element(
+    let el = cues_element(
         &model,
         &[
             ("mode", "complete"),
@@ -271,7 +239,7 @@ fn a_caps_change_lets_the_window_out_first() {
             ("max-in-flight", "8"),
         ],
     );
-    let (mut h, _th) = start_harnesses(&el, CAPS);
+    let (mut h, _th) = start_harnesses(&el, FRAME_CAPS);
     // What reaches downstream, in order: buffer sizes and caps widths.
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     {
@@ -388,7 +356,7 @@ fn realtime_keeps_at_most_the_window_waiting_and_counts_the_rest() {
     init();
     let gate = Gate::new();
     let model = install_captioner("window-realtime", gate.clone());
-    let el = element(
+    let el = cues_element(
         &model,
         &[
             ("mode", "realtime"),
@@ -396,7 +364,7 @@ fn realtime_keeps_at_most_the_window_waiting_and_counts_the_rest() {
             ("max-in-flight", "2"),
         ],
     );
-    let (mut h, _th) = start_harnesses(&el, CAPS);
+    let (mut h, _th) = start_harnesses(&el, FRAME_CAPS);
     h.push(frame(0, 0)).unwrap();
     gate.wait_started(1);
     // Frame 0 is with the model; of 1..=5 only the newest two wait, the video never does.
@@ -423,7 +391,7 @@ fn automatic_latency_covers_the_wait_in_the_window() {
     init();
     let gate = Gate::new();
     let model = install_captioner("window-latency", gate.clone());
-    let el = element(
+    let el = cues_element(
         &model,
         &[
             ("mode", "complete"),
@@ -432,7 +400,7 @@ fn automatic_latency_covers_the_wait_in_the_window() {
             ("max-batch", "1"),
         ],
     );
-    let (mut h, _th) = start_harnesses(&el, CAPS);
+    let (mut h, _th) = start_harnesses(&el, FRAME_CAPS);
     h.set_upstream_latency(gst::ClockTime::from_mseconds(10));
     for i in 0..2 {
         h.push(frame(i, 1)).unwrap();
@@ -449,44 +417,6 @@ fn automatic_latency_covers_the_wait_in_the_window() {
     );
 }
 
-/// Records every model call's prompts; answers "<prompt>|<mean>".
-#[derive(Default)]
-struct Recorder {
-    calls: Mutex<Vec<Vec<String>>>,
-}
-
-impl gstblip2::engine::Captioner for Recorder {
-    fn caption(
-        &self,
-        images: &[gstblip2::model::RgbImage],
-        prompt: &str,
-        params: &gstblip2::model::GenerationParams,
-    ) -> gstblip2::engine::Result<Vec<gstblip2::model::Caption>> {
-        let prompts = vec![prompt; images.len()];
-        self.caption_each(images, &prompts, params)
-    }
-
-    fn caption_each(
-        &self,
-        images: &[gstblip2::model::RgbImage],
-        prompts: &[&str],
-        _params: &gstblip2::model::GenerationParams,
-    ) -> gstblip2::engine::Result<Vec<gstblip2::model::Caption>> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(prompts.iter().map(|p| p.to_string()).collect());
-        Ok(images
-            .iter()
-            .zip(prompts)
-            .map(|(im, p)| gstblip2::model::Caption {
-                token_ids: vec![],
-                text: format!("{p}|{}", im.data[0]),
-            })
-            .collect())
-    }
-}
-
 /// `prompts` with a window: a batch of `max-batch` requests holds `max-batch` / 2 samples of
 /// two prompts each, a sample's prompts stay together and in order, and every frame leaves in
 /// order with its sample's answers.
@@ -496,7 +426,7 @@ fn several_prompts_share_the_window_and_stay_together() {
     let recorder = Arc::new(Recorder::default());
     let model = "/fake-models/window-prompts";
     gstblip2::engine::register_captioner(model, recorder.clone());
-    let el = element(
+    let el = cues_element(
         model,
         &[
             ("mode", "complete"),
@@ -506,7 +436,7 @@ fn several_prompts_share_the_window_and_stay_together() {
         ],
     );
     el.set_property("prompts", gst::Array::new(["a:", "b:"]));
-    let (mut h, mut th) = start_harnesses(&el, CAPS);
+    let (mut h, mut th) = start_harnesses(&el, FRAME_CAPS);
     for i in 0..5 {
         h.push(frame(i, i as u8)).unwrap();
     }

@@ -5,13 +5,12 @@
 mod gst_common;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gst::prelude::*;
 use gst_common::*;
-use gstblip2::engine::{self, CaptionError, Captioner};
-use gstblip2::model::{Caption, GenerationParams, RgbImage};
+use gstblip2::engine;
 
 const SEC: u64 = 1_000_000_000;
 const W: usize = 64;
@@ -319,47 +318,6 @@ fn merge_repeats_keeps_one_cue_in_both_text_modes() {
             vec![(0, 5 * SEC, text)],
             "{tag}: one caption shown without a break"
         );
-    }
-}
-
-/// Records every model call: (number of entries, their prompts). Answers "<prompt>|<mean>".
-#[derive(Default)]
-struct Recorder {
-    calls: Mutex<Vec<Vec<String>>>,
-}
-
-impl Captioner for Recorder {
-    fn caption(
-        &self,
-        images: &[RgbImage],
-        prompt: &str,
-        params: &GenerationParams,
-    ) -> Result<Vec<Caption>, CaptionError> {
-        let prompts = vec![prompt; images.len()];
-        self.caption_each(images, &prompts, params)
-    }
-
-    fn caption_each(
-        &self,
-        images: &[RgbImage],
-        prompts: &[&str],
-        _params: &GenerationParams,
-    ) -> Result<Vec<Caption>, CaptionError> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(prompts.iter().map(|p| p.to_string()).collect());
-        Ok(images
-            .iter()
-            .zip(prompts)
-            .map(|(im, p)| {
-                let mean = im.data.iter().map(|&b| b as u64).sum::<u64>() / im.data.len() as u64;
-                Caption {
-                    token_ids: vec![],
-                    text: format!("{p}|{mean}"),
-                }
-            })
-            .collect())
     }
 }
 

@@ -34,6 +34,44 @@ pub fn element(model: &str, props: &[(&str, &str)]) -> gst::Element {
     b.build().unwrap()
 }
 
+/// A `blip2caption` on `model` in `text-mode=cues`, then `props` as in [`element`].
+pub fn cues_element(model: &str, props: &[(&str, &str)]) -> gst::Element {
+    let props: Vec<(&str, &str)> = std::iter::once(("text-mode", "cues"))
+        .chain(props.iter().copied())
+        .collect();
+    element(model, &props)
+}
+
+/// The caps of [`frame`] and [`frame_at`]: 4x2 RGB at 10 fps.
+pub const FRAME_CAPS: &str = "video/x-raw,format=RGB,width=4,height=2,framerate=10/1";
+
+/// A [`FRAME_CAPS`] frame filled with `value`, at `pts` lasting `duration` (nanoseconds).
+pub fn frame_at(pts: u64, duration: u64, value: u8) -> gst::Buffer {
+    let mut b = gst::Buffer::from_mut_slice(vec![value; 4 * 2 * 3]);
+    {
+        let b = b.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_nseconds(pts));
+        b.set_duration(gst::ClockTime::from_nseconds(duration));
+    }
+    b
+}
+
+/// Frame `i` of a 10 fps [`FRAME_CAPS`] stream, filled with `value`.
+pub fn frame(i: u64, value: u8) -> gst::Buffer {
+    const SEC: u64 = 1_000_000_000;
+    frame_at(i * SEC / 10, SEC / 10, value)
+}
+
+/// Runs `f` on another thread; fails (instead of hanging) if it takes more than 10 s.
+pub fn promptly<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what} waited more than 10 s"))
+}
+
 /// The `device` property value for tests that run the real model: `GST_BLIP2_TEST_DEVICE`
 /// (`cpu`, `cuda:N`), `cpu` when unset. scripts/gpu_check.sh sets `cuda:0`.
 pub fn test_device() -> String {
@@ -80,6 +118,26 @@ impl Fake {
     }
 }
 
+/// The mean of an image's bytes (what [`Fake`] and the other fakes answer with).
+pub fn mean(im: &RgbImage) -> u64 {
+    im.data.iter().map(|&b| b as u64).sum::<u64>() / im.data.len() as u64
+}
+
+/// One caption per image, with `text` of that image (token ids `[1]`).
+fn answer_each(
+    images: &[RgbImage],
+    text: impl FnMut(&RgbImage) -> String,
+) -> engine::Result<Vec<Caption>> {
+    Ok(images
+        .iter()
+        .map(text)
+        .map(|text| Caption {
+            token_ids: vec![1],
+            text,
+        })
+        .collect())
+}
+
 impl Captioner for Fake {
     fn caption(
         &self,
@@ -97,7 +155,7 @@ impl Captioner for Fake {
         Ok(images
             .iter()
             .map(|im| {
-                let mean = im.data.iter().map(|&b| b as u64).sum::<u64>() / im.data.len() as u64;
+                let mean = mean(im);
                 calls.prompts.push(prompt.to_owned());
                 calls.sizes.push((im.width, im.height));
                 calls.means.push(mean);
@@ -314,6 +372,45 @@ pub fn merge_cues(buffers: &[gst::Buffer]) -> Vec<(u64, u64, String)> {
     cues
 }
 
+/// Records the prompts of every model call; answers "<prompt>|<mean of the image's bytes>"
+/// (the frame's fill value for the flat frames of [`frame`]).
+#[derive(Default)]
+pub struct Recorder {
+    pub calls: Mutex<Vec<Vec<String>>>,
+}
+
+impl Captioner for Recorder {
+    fn caption(
+        &self,
+        images: &[RgbImage],
+        prompt: &str,
+        params: &GenerationParams,
+    ) -> engine::Result<Vec<Caption>> {
+        let prompts = vec![prompt; images.len()];
+        self.caption_each(images, &prompts, params)
+    }
+
+    fn caption_each(
+        &self,
+        images: &[RgbImage],
+        prompts: &[&str],
+        _params: &GenerationParams,
+    ) -> engine::Result<Vec<Caption>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(prompts.iter().map(|p| p.to_string()).collect());
+        Ok(images
+            .iter()
+            .zip(prompts)
+            .map(|(im, p)| Caption {
+                token_ids: vec![],
+                text: format!("{p}|{}", mean(im)),
+            })
+            .collect())
+    }
+}
+
 /// A captioner that answers `text` for every image (to test what the element does with odd
 /// answers).
 pub struct Says(pub String);
@@ -325,13 +422,7 @@ impl Captioner for Says {
         _prompt: &str,
         _params: &GenerationParams,
     ) -> engine::Result<Vec<Caption>> {
-        Ok(images
-            .iter()
-            .map(|_| Caption {
-                token_ids: vec![1],
-                text: self.0.clone(),
-            })
-            .collect())
+        answer_each(images, |_| self.0.clone())
     }
 }
 
@@ -349,16 +440,10 @@ impl Captioner for Counting {
         _prompt: &str,
         _params: &GenerationParams,
     ) -> engine::Result<Vec<Caption>> {
-        Ok(images
-            .iter()
-            .map(|_| {
-                let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                Caption {
-                    token_ids: vec![1],
-                    text: format!("#{n}"),
-                }
-            })
-            .collect())
+        answer_each(images, |_| {
+            let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            format!("#{n}")
+        })
     }
 }
 
@@ -413,15 +498,6 @@ impl Captioner for Gate {
         }
         *p -= 1;
         drop(p);
-        Ok(images
-            .iter()
-            .map(|im| {
-                let mean = im.data.iter().map(|&b| b as u64).sum::<u64>() / im.data.len() as u64;
-                Caption {
-                    token_ids: vec![1],
-                    text: Fake::text_for(prompt, mean),
-                }
-            })
-            .collect())
+        answer_each(images, |im| Fake::text_for(prompt, mean(im)))
     }
 }
