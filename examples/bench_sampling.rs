@@ -17,6 +17,10 @@ use gst::prelude::*;
 use gstblip2::engine::{self, CaptionError, Captioner};
 use gstblip2::model::{Caption, GenerationParams, RgbImage};
 
+#[path = "support/first_sample.rs"]
+mod first_sample;
+use first_sample::first_sample;
+
 const FRAMES: u64 = 600;
 const RUNS: usize = 5;
 const MODEL: &str = "/bench-models/instant";
@@ -42,19 +46,10 @@ impl Captioner for Instant0 {
 }
 
 fn still_frame(format: &str) -> (gst::Caps, gst::Buffer) {
-    let p = gst::parse::launch(&format!(
+    let sample = first_sample(&format!(
         "videotestsrc num-buffers=1 pattern=smpte ! \
-         video/x-raw,format={format},width=1920,height=1080,framerate=30/1 ! appsink name=s"
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = p.by_name("s").unwrap();
-    p.set_state(gst::State::Playing).unwrap();
-    let sample = sink
-        .emit_by_name::<Option<gst::Sample>>("pull-sample", &[])
-        .expect("a frame");
-    p.set_state(gst::State::Null).unwrap();
+         video/x-raw,format={format},width=1920,height=1080,framerate=30/1"
+    ));
     (
         sample.caps().unwrap().to_owned(),
         sample.buffer_owned().unwrap(),

@@ -10,8 +10,11 @@
 
 use std::time::{Duration, Instant};
 
-use gst::prelude::*;
 use gstblip2::scene::SceneMeter;
+
+#[path = "support/first_sample.rs"]
+mod first_sample;
+use first_sample::first_sample;
 
 const FORMATS: [&str; 12] = [
     "I420",
@@ -30,21 +33,11 @@ const FORMATS: [&str; 12] = [
 const ROUNDS: usize = 300;
 
 fn frame(format: &str) -> (gst_video::VideoInfo, gst::Buffer) {
-    let desc = format!(
+    let sample = first_sample(&format!(
         "videotestsrc num-buffers=1 pattern=smpte horizontal-speed=3 ! \
          video/x-raw,format=RGB,width=1920,height=1080 ! videoconvert ! \
-         video/x-raw,format={format} ! appsink name=s"
-    );
-    let p = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    let sink = p.by_name("s").unwrap();
-    p.set_state(gst::State::Playing).unwrap();
-    let sample = sink
-        .emit_by_name::<Option<gst::Sample>>("pull-sample", &[])
-        .expect("a frame");
-    p.set_state(gst::State::Null).unwrap();
+         video/x-raw,format={format}"
+    ));
     let info = gst_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
     (info, sample.buffer_owned().unwrap())
 }
