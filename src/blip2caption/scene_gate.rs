@@ -105,6 +105,11 @@ mod tests {
     /// A gate fed frames whose "picture" is a uniform gray level: the thumbnail distance of two
     /// such frames is the difference of their levels.
     fn run(frames: &[(u64, f32)], min_interval_ms: u64, threshold: f64) -> Vec<(u64, Decision)> {
+        run_ns(frames, min_interval_ms * 1_000_000, threshold)
+    }
+
+    /// [`run`] with the minimum interval in nanoseconds (up to `u64::MAX`).
+    fn run_ns(frames: &[(u64, f32)], min_interval_ns: u64, threshold: f64) -> Vec<(u64, Decision)> {
         gst::init().unwrap();
         let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Gray8, 8, 8)
             .build()
@@ -116,7 +121,7 @@ mod tests {
             .map(|&(t, level)| {
                 let buffer = gst::Buffer::from_mut_slice(vec![(level * 255.0) as u8; 64]);
                 let d = gate
-                    .decide(ms(t), min_interval_ms * 1_000_000, threshold, || {
+                    .decide(ms(t), min_interval_ns, threshold, || {
                         slot.measure(&info, &buffer)
                     })
                     .unwrap();
@@ -173,20 +178,9 @@ mod tests {
     #[test]
     fn the_largest_interval_means_only_the_first_frame() {
         let frames: Vec<(u64, f32)> = (0..5).map(|i| (i * 40, i as f32 * 0.2)).collect();
-        gst::init().unwrap();
-        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Gray8, 8, 8)
-            .build()
-            .unwrap();
-        let mut slot = MeterSlot::default();
-        let mut gate = SceneGate::default();
-        let sampled: Vec<bool> = frames
+        let sampled: Vec<bool> = run_ns(&frames, u64::MAX, 0.05)
             .iter()
-            .map(|&(t, level)| {
-                let buffer = gst::Buffer::from_mut_slice(vec![(level * 255.0) as u8; 64]);
-                gate.decide(ms(t), u64::MAX, 0.05, || slot.measure(&info, &buffer))
-                    .unwrap()
-                    .sampled()
-            })
+            .map(|(_, d)| d.sampled())
             .collect();
         assert_eq!(sampled, vec![true, false, false, false, false]);
     }
