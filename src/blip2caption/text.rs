@@ -59,6 +59,9 @@ struct Slot {
     start: ClockTime,
     end: Option<ClockTime>,
     resolution: Option<Resolution>,
+    /// The prompts this sample was asked: `merge-repeats` merges equal answers to the same
+    /// prompts only (`prompts` may change while playing).
+    asked: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -118,6 +121,7 @@ impl TextTrack {
                 start: pts,
                 end: None,
                 resolution: None,
+                asked: Vec::new(),
             });
         }
         (id, self.flush_ready())
@@ -131,11 +135,24 @@ impl TextTrack {
         resolution: Resolution,
         until: Option<ClockTime>,
     ) -> Vec<TextItem> {
+        self.resolve_asked(id, Vec::new(), resolution, until)
+    }
+
+    /// [`Self::resolve`] for a sample asked `asked` (its prompts, in order): with
+    /// `merge-repeats`, only answers to the same prompts extend each other's cue.
+    pub fn resolve_asked(
+        &mut self,
+        id: SlotId,
+        asked: Vec<String>,
+        resolution: Resolution,
+        until: Option<ClockTime>,
+    ) -> Vec<TextItem> {
         match self.layout {
             Layout::Cues => {
                 // A slot that is gone belongs to a sample from before a flush.
                 if let Some(slot) = self.slots.iter_mut().find(|s| s.id == id) {
                     slot.resolution = Some(resolution);
+                    slot.asked = asked;
                 }
                 self.flush_ready()
             }
@@ -227,7 +244,9 @@ impl TextTrack {
                 match &next.resolution {
                     // The next answer may repeat this one: wait for it.
                     None => break,
-                    Some(Resolution::Text(t)) if t == text && next.start == end => {
+                    Some(Resolution::Text(t))
+                        if t == text && next.asked == slot.asked && next.start == end =>
+                    {
                         let next = self.slots.remove(1).expect("checked above");
                         self.slots[0].end = next.end;
                         continue;
@@ -342,6 +361,23 @@ mod tests {
         }
         assert!(out.is_empty(), "{out:?}");
         assert_eq!(t.end(ms(5000)), vec![text(0, 5000, "car")]);
+    }
+
+    #[test]
+    fn merge_repeats_keeps_equal_answers_to_different_prompts_apart() {
+        let mut t = TextTrack::new(Layout::Cues);
+        t.set_merge_repeats(true);
+        let mut out = vec![];
+        // `prompts` changed while playing after the second sample; the answer text did not.
+        let asked = [["q1"], ["q1"], ["q2"]];
+        for (i, prompts) in asked.iter().enumerate() {
+            let (id, items) = t.sample(ms(i as u64 * 1000));
+            out.extend(items);
+            let prompts = prompts.iter().map(|p| p.to_string()).collect();
+            out.extend(t.resolve_asked(id, prompts, Resolution::Text("a".into()), None));
+        }
+        assert_eq!(out, vec![text(0, 2000, "a")]);
+        assert_eq!(t.end(ms(3000)), vec![text(2000, 1000, "a")]);
     }
 
     #[test]

@@ -236,9 +236,13 @@ impl Blip2Caption {
         } else {
             Resolution::Text(text)
         };
+        let asked = answers
+            .iter()
+            .map(|(prompt, _, _)| prompt.clone())
+            .collect();
         let items = lock(&self.state)
             .text
-            .resolve(sample.slot, resolution, until);
+            .resolve_asked(sample.slot, asked, resolution, until);
         self.push_text(items);
         Ok(())
     }
