@@ -308,11 +308,15 @@ fn check(source: Source, consumer: Consumer, size: Size, out: &Output) {
     if source != Source::LiveEos {
         assert_eq!(out.frames, FRAMES, "{tag}: frames");
     } else {
-        // Stopped after the second caption: at least the frames up to its sample.
+        // Stopped after the second caption: at least the frames up to its sample, the first
+        // frame at or after INTERVAL, counted from the first frame (which a loaded machine
+        // stamps well after 0).
+        let up_to_second_sample = INTERVAL.saturating_sub(out.first_pts).div_ceil(frame) + 1;
         assert!(
-            out.frames > INTERVAL / frame,
-            "{tag}: {} frames",
-            out.frames
+            out.frames >= up_to_second_sample,
+            "{tag}: {} frames, first at {}, want {up_to_second_sample}",
+            out.frames,
+            out.first_pts
         );
     }
     // A live source stamps frames with the clock: the first one is a little after 0 (later on a
