@@ -525,21 +525,39 @@ fn caption_batch(captioner: &dyn Captioner, batch: Vec<Job>) {
 
     log_batch(&results, inference_time);
 
+    // Each client sees all of its answers from this call at once (one lock per mailbox): a
+    // client that finds the first answer of a batch must find the rest too, or it takes the
+    // gap for a late answer (complete mode then hands its next samples over early, in a
+    // batch of one).
+    let answered_at = Instant::now();
+    type Answered = (Job, Result<Caption, CaptionError>);
+    let mut by_mailbox: Vec<(Arc<Mailbox>, Vec<Answered>)> = Vec::new();
     for (job, result) in batch.into_iter().zip(results) {
-        let mut mb = lock(&job.mailbox.state);
-        // A request cancelled while it ran is answered nowhere.
-        if mb.in_flight.remove(&job.ticket) {
-            mb.done.push_back(Outcome {
-                ticket: job.ticket,
-                prompt: job.request.prompt,
-                result,
-                inference_time,
-                batch_size: n,
-                answered_at: Instant::now(),
-            });
+        match by_mailbox
+            .iter_mut()
+            .find(|(mailbox, _)| Arc::ptr_eq(mailbox, &job.mailbox))
+        {
+            Some((_, jobs)) => jobs.push((job, result)),
+            None => by_mailbox.push((job.mailbox.clone(), vec![(job, result)])),
+        }
+    }
+    for (mailbox, jobs) in by_mailbox {
+        let mut mb = lock(&mailbox.state);
+        for (job, result) in jobs {
+            // A request cancelled while it ran is answered nowhere.
+            if mb.in_flight.remove(&job.ticket) {
+                mb.done.push_back(Outcome {
+                    ticket: job.ticket,
+                    prompt: job.request.prompt,
+                    result,
+                    inference_time,
+                    batch_size: n,
+                    answered_at,
+                });
+            }
         }
         drop(mb);
-        job.mailbox.wake.notify_all();
+        mailbox.wake.notify_all();
     }
 }
 
