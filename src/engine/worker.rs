@@ -514,11 +514,7 @@ fn caption_batch(captioner: &dyn Captioner, batch: Vec<Job>) {
             vec![Err(CaptionError::Internal(msg)); n]
         }
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let msg = crate::sync::panic_message(&*panic);
             vec![Err(CaptionError::Internal(format!("model panicked: {msg}"))); n]
         }
     };

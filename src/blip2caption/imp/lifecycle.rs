@@ -62,11 +62,7 @@ impl Blip2Caption {
     fn load_guarded(&self, settings: &Settings, generation: u64) {
         let loaded = catch_unwind(AssertUnwindSafe(|| self.finish_load(settings, generation)));
         if let Err(panic) = loaded {
-            let why = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let why = crate::sync::panic_message(&*panic);
             if !self.model.finish(generation, None) {
                 return; // the element went to NULL meanwhile: nobody waits for this load
             }
