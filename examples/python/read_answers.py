@@ -15,11 +15,25 @@ answer's fields>}; the meta lines show every answer riding on a buffer, from bot
 import argparse
 import json
 import sys
+import threading
 
 import gi
 
 gi.require_version("Gst", "1.0")
 from gi.repository import Gst  # noqa: E402
+
+
+# The handoff runs on the streaming thread and the bus loop on the main thread. print() writes
+# the text and the newline separately, so two threads printing at once can share a line;
+# one lock keeps every answer on its own line.
+PRINT_LOCK = threading.Lock()
+
+
+def emit(record):
+    """Prints one answer as one JSON line."""
+    with PRINT_LOCK:
+        sys.stdout.write(json.dumps(record) + "\n")
+        sys.stdout.flush()
 
 
 def fields(structure):
@@ -63,7 +77,7 @@ def main():
 
     def on_handoff(_sink, buffer, _pad):
         for answer in meta_answers(buffer):
-            print(json.dumps({"from": "meta", "buffer-pts": buffer.pts, **answer}), flush=True)
+            emit({"from": "meta", "buffer-pts": buffer.pts, **answer})
 
     pipeline.get_by_name("sink").connect("handoff", on_handoff)
 
@@ -84,7 +98,7 @@ def main():
             break
         s = msg.get_structure()
         if s is not None and s.get_name() == "blip2-caption":
-            print(json.dumps({"from": "message", **fields(s)}), flush=True)
+            emit({"from": "message", **fields(s)})
     pipeline.set_state(Gst.State.NULL)
     return status
 

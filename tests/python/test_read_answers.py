@@ -28,7 +28,12 @@ def main():
         [sys.executable, EXAMPLE, "--model", model, "--seconds", "2"],
         check=True, capture_output=True, text=True, timeout=300,
     ).stdout
-    lines = [json.loads(line) for line in out.splitlines()]
+    lines = []
+    for line in out.splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise AssertionError(f"read_answers.py printed a line that is not one JSON answer: {line!r}") from err
     messages = [l for l in lines if l["from"] == "message"]
     metas = [l for l in lines if l["from"] == "meta"]
 
