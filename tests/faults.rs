@@ -970,3 +970,52 @@ fn inference_error_in_complete_mode_is_an_error_and_the_worker_recovers() {
     assert!(run.errors.is_empty(), "{run:?}");
     assert_eq!(run.captions.len(), 3);
 }
+
+/// Complete mode with samples in flight: a caption that fails while EOS drains the window is
+/// one ERROR from the element (the failure, naming the frame), not that and a second, generic
+/// "streaming stopped" one. The model answers after the source has sent EOS, so the failure is
+/// met in the drain (no chain call returns it, so the source posts nothing).
+#[test]
+fn failure_while_draining_at_eos_is_one_error() {
+    init();
+    let slow_failure = Arc::new(Fake {
+        delay: Duration::from_millis(1500),
+        fail: true,
+        calls: Mutex::default(),
+    });
+    let model = install("faults-drain-failure", slow_failure);
+    let p = pipeline(&format!(
+        "videotestsrc name=src num-buffers=3 ! video/x-raw,width=32,height=32,framerate=1/1 \
+         ! blip2caption name=c model={model} mode=complete max-in-flight=8 ! fakesink sync=false"
+    ));
+    let bus = p.bus().unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let mut errors: Vec<(String, String)> = vec![];
+    // Up to the first ERROR, then two more seconds for any that follows it.
+    let mut deadline = Instant::now() + Duration::from_secs(60);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else {
+            break;
+        };
+        match msg.view() {
+            gst::MessageView::Error(e) => {
+                let from = msg.src().map(|s| s.name().to_string()).unwrap_or_default();
+                errors.push((from, e.error().to_string()));
+                if errors.len() == 1 {
+                    deadline = Instant::now() + Duration::from_secs(2);
+                }
+            }
+            // The end without an error: the failure was lost (asserted below).
+            gst::MessageView::Eos(_) if errors.is_empty() => break,
+            _ => (),
+        }
+    }
+    p.set_state(gst::State::Null).unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (from, text) = &errors[0];
+    assert_eq!(from, "c", "{errors:?}");
+    assert!(
+        text.contains("frame at 0:00:00.000000000") && text.contains("fake model failure"),
+        "{text}"
+    );
+}

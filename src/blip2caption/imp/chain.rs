@@ -24,6 +24,10 @@ impl Blip2Caption {
         _pad: &gst::Pad,
         mut buffer: gst::Buffer,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        if lock(&self.state).failed {
+            // A failed caption ended this stream (its ERROR is posted); not another sample.
+            return Err(gst::FlowError::Error);
+        }
         let settings = lock(&self.settings).clone();
         lock(&self.stats).frames_seen += 1;
         let realtime = self.realtime(&settings);

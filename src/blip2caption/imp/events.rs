@@ -133,8 +133,13 @@ impl Blip2Caption {
     fn end_text(&self) {
         match self.drain() {
             Ok(()) => (),
+            // A failed caption has posted its ERROR already; another would only repeat it.
+            Err(gst::FlowError::Error) if lock(&self.state).failed => {
+                gst::debug!(CAT, imp = self, "not draining after a failed caption")
+            }
             // Nobody else will report a fatal flow met while draining (there is no chain call
-            // to return it from), and downstream would wait for an EOS that cannot come.
+            // to return it from, and a downstream element such as an appsink whose callback
+            // fails posts nothing), and downstream would wait for an EOS that cannot come.
             Err(e) if !matches!(e, gst::FlowError::Flushing | gst::FlowError::Eos) => {
                 gst::element_imp_error!(
                     self,
@@ -199,6 +204,7 @@ impl Blip2Caption {
         state.next_pts = None;
         state.last_frame_end = None;
         state.text.reset();
+        state.failed = false;
     }
 
     pub(super) fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {

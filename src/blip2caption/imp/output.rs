@@ -58,6 +58,9 @@ impl Blip2Caption {
 
     /// Waits for every outstanding sample (EOS, segment change), emitting them in order.
     pub(super) fn drain(&self) -> Result<(), gst::FlowError> {
+        if lock(&self.state).failed {
+            return Err(gst::FlowError::Error);
+        }
         if lock(&self.state).realtime == Some(false) {
             self.release_held(0)?;
             return Ok(());
@@ -284,6 +287,7 @@ impl Blip2Caption {
         }
         // Complete mode promised a caption for every sample; a server that refuses the
         // request (4xx) will refuse the next ones too.
+        lock(&self.state).failed = true;
         self.post_failure(&failure, &e, true);
         Err(gst::FlowError::Error)
     }

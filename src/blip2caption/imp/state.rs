@@ -180,6 +180,9 @@ pub(super) struct State {
     pub(super) next_pts: Option<gst::ClockTime>,
     /// The last inference error posted as a warning (realtime), until a caption succeeds.
     pub(super) last_failure: Option<String>,
+    /// A failed caption was posted as an ERROR: this stream is over until a flush or a
+    /// restart, so no later sample is waited for and no second ERROR repeats the first.
+    pub(super) failed: bool,
 }
 
 impl Default for State {
@@ -203,6 +206,7 @@ impl Default for State {
             text_caps_sent: false,
             next_pts: None,
             last_failure: None,
+            failed: false,
         }
     }
 }

@@ -75,6 +75,9 @@ impl Blip2Caption {
     /// of frames held (0: until every frame has left). Samples still waiting to be handed to
     /// the model go before it blocks.
     pub(super) fn release_held(&self, window: usize) -> Result<gst::FlowSuccess, gst::FlowError> {
+        if lock(&self.state).failed {
+            return Err(gst::FlowError::Error);
+        }
         let mut flow = Ok(gst::FlowSuccess::Ok);
         loop {
             // Collect what is back for the oldest frame's sample; wait only when the window is
