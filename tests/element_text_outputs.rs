@@ -1,5 +1,5 @@
-//! Text output details: pango-markup (escaped) for elements that take only markup, and the
-//! automatic latency. Muxers, subtitle encoders and overlays are in `element_muxers.rs`.
+//! Text output details: pango-markup (escaped) for elements that take only markup, the
+//! automatic latency, and the warning for `text-mode=cues` into a joining element. Muxers, subtitle encoders and overlays are in `element_muxers.rs`.
 
 mod gst_common;
 
@@ -74,4 +74,42 @@ fn automatic_latency_follows_inference_time_and_is_announced() {
         gst::ClockTime::from_nseconds(200_000_000 + 1_000_000_000 / 30)
     );
     p.set_state(gst::State::Null).unwrap();
+}
+
+/// `text-mode=cues` set by hand while text_src feeds an element that joins streams (here an
+/// overlay through a queue) is one WARNING naming the property and that element; `auto` there,
+/// and `cues` into a subtitle encoder, say nothing. The run still finishes (the overlay does
+/// not wait for text).
+#[test]
+fn cues_into_a_joining_element_is_a_warning() {
+    init();
+    let model = install("cues-warning", Fake::new(0));
+    let into_overlay = |text_mode: &str| {
+        pipeline(&format!(
+            "videotestsrc num-buffers=20 ! video/x-raw,width=64,height=48,framerate=10/1 \
+             ! blip2caption name=c model={model} text-mode={text_mode} ! o.video_sink \
+             textoverlay name=o wait-text=false ! fakesink sync=false \
+             c.text_src ! queue ! o.text_sink"
+        ))
+    };
+    let run = run_to_eos(&into_overlay("cues"), Duration::from_secs(30));
+    assert!(run.errors.is_empty(), "{run:?}");
+    assert_eq!(run.warnings.len(), 1, "{run:?}");
+    let w = &run.warnings[0];
+    assert!(
+        w.contains("property `text-mode` is `cues`") && w.contains("feeds o (textoverlay)"),
+        "{w}"
+    );
+    assert_eq!(run.captions.len(), 2, "{run:?}");
+
+    let run = run_to_eos(&into_overlay("auto"), Duration::from_secs(30));
+    assert!(run.errors.is_empty() && run.warnings.is_empty(), "{run:?}");
+
+    let srt = pipeline(&format!(
+        "videotestsrc num-buffers=20 ! video/x-raw,width=64,height=48,framerate=10/1 \
+         ! blip2caption name=c model={model} text-mode=cues ! fakesink sync=false \
+         c.text_src ! srtenc ! fakesink sync=false"
+    ));
+    let run = run_to_eos(&srt, Duration::from_secs(30));
+    assert!(run.errors.is_empty() && run.warnings.is_empty(), "{run:?}");
 }

@@ -13,34 +13,32 @@ use gst::prelude::*;
 /// Deeper than any real chain between `text_src` and its consumer; stops cycles.
 const MAX_DEPTH: usize = 32;
 
-/// Whether text pushed on `pad` reaches an element with more than one sink pad.
-pub fn reaches_a_join(pad: &gst::Pad) -> bool {
-    pad.peer().is_some_and(|peer| visit(&peer, 0))
+/// The first element with more than one sink pad that text pushed on `pad` reaches, if any.
+pub fn join_downstream(pad: &gst::Pad) -> Option<gst::Element> {
+    visit(&pad.peer()?, 0)
 }
 
-fn visit(sink: &gst::Pad, depth: usize) -> bool {
+fn visit(sink: &gst::Pad, depth: usize) -> Option<gst::Element> {
     if depth > MAX_DEPTH {
-        return false;
+        return None;
     }
     // Out of a bin: the inner side of a source ghost pad; go on from the ghost pad's peer.
     if let Some(ghost) = sink
         .parent()
         .and_then(|p| p.downcast::<gst::GhostPad>().ok())
     {
-        return ghost.peer().is_some_and(|peer| visit(&peer, depth + 1));
+        return visit(&ghost.peer()?, depth + 1);
     }
     // Into a bin: a sink ghost pad leads to its target.
     if let Some(ghost) = sink.downcast_ref::<gst::GhostPad>() {
-        return ghost.target().is_some_and(|t| visit(&t, depth + 1));
+        return visit(&ghost.target()?, depth + 1);
     }
-    let Some(element) = sink.parent_element() else {
-        return false;
-    };
+    let element = sink.parent_element()?;
     if element.sink_pads().len() > 1 {
-        return true;
+        return Some(element);
     }
     element
         .src_pads()
         .iter()
-        .any(|src| src.peer().is_some_and(|peer| visit(&peer, depth + 1)))
+        .find_map(|src| visit(&src.peer()?, depth + 1))
 }

@@ -395,14 +395,22 @@ impl Blip2Caption {
         } else {
             utf8
         };
-        // The layout is chosen once per stream, before any text.
-        let layout =
-            (!lock(&self.state).text_layout_chosen).then(|| match lock(&self.settings).text_mode {
-                TextMode::Cues => Layout::Cues,
-                TextMode::PerFrame => Layout::PerFrame,
-                TextMode::Auto if downstream::reaches_a_join(&self.textpad) => Layout::PerFrame,
-                TextMode::Auto => Layout::Cues,
-            });
+        // The layout is chosen once per stream, before any text. (No lock is held meanwhile:
+        // the warning goes to the bus, whose sync handlers may call back into the element.)
+        let chosen = lock(&self.state).text_layout_chosen;
+        let layout = (!chosen).then(|| {
+            let text_mode = lock(&self.settings).text_mode;
+            let join = downstream::join_downstream(&self.textpad);
+            match (text_mode, join) {
+                (TextMode::Cues, Some(join)) => {
+                    self.warn_cues_into_a_join(&join);
+                    Layout::Cues
+                }
+                (TextMode::Cues, None) => Layout::Cues,
+                (TextMode::PerFrame, _) | (TextMode::Auto, Some(_)) => Layout::PerFrame,
+                (TextMode::Auto, None) => Layout::Cues,
+            }
+        });
         {
             let mut state = lock(&self.state);
             state.text_markup = markup;
@@ -415,6 +423,27 @@ impl Blip2Caption {
         }
         gst::debug!(CAT, imp = self, "text caps {}", caps);
         self.text_queue.push_event(gst::event::Caps::new(&caps));
+    }
+
+    /// `text-mode=cues` chosen by hand for text that meets other streams: said once per stream,
+    /// because an aggregator muxer then holds the video until the next cue and the pipeline
+    /// stalls once the video queue is full (../shared/notes/muxers.md); `auto` avoids it.
+    fn warn_cues_into_a_join(&self, join: &gst::Element) {
+        let factory = join
+            .factory()
+            .map(|f| f.name().to_string())
+            .unwrap_or_default();
+        gst::element_imp_warning!(
+            self,
+            gst::LibraryError::Settings,
+            (
+                "property `text-mode` is `cues`, but text_src feeds {} ({factory}), which joins \
+                 the text with other streams: text comes only when a caption is ready, and a \
+                 muxer such as mp4mux or matroskamux may hold the video meanwhile and stall; \
+                 `text-mode=auto` (or `per-frame`) sends text with every frame",
+                join.name()
+            )
+        );
     }
 }
 
