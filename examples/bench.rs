@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- (--preset NAME | --model DIR|ORG/NAME) [--batch 1,8,32]
-//!     [--new-tokens 20] [--runs 3] [--device auto|cpu|cuda:N] [--dtype auto|f32|f16|bf16]
+//!     [--new-tokens 20] [--runs 3] [--device auto|cpu|cuda:N] [--dtype auto|f32|f16|bf16|q8_0]
 //! cargo run --release --example bench -- --print-config NAME     # the preset as transformers JSON
 //! ```
 //! Presets (random weights, real shapes): blip2-opt-2.7b, blip2-opt-6.7b, blip2-flan-t5-xl,
@@ -40,7 +40,7 @@ struct Args {
     /// auto, cpu or cuda:N
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
-    /// auto, f32, f16 or bf16
+    /// auto, f32, f16, bf16 or q8_0 (CPU: vision encoder and language model in 8 bits)
     #[arg(long, default_value = "auto")]
     dtype: DTypeChoice,
     /// Print the preset as transformers JSON (for scripts/bench_hf.py) and exit
@@ -226,6 +226,7 @@ fn run(a: Args) -> Result<(), String> {
         "source": source,
         "device": format!("{:?}", model.device()),
         "dtype": format!("{:?}", model.dtype()),
+        "quantization": model.quantization().map(|q| format!("{q:?}")),
         "new_tokens": a.new_tokens,
         "runs": a.runs,
         "load_ms": load_ms,

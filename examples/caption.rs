@@ -4,7 +4,7 @@
 //! cargo run --release --example caption -- --model DIR|ORG/NAME[@REV] --image PATH [--image PATH ...]
 //!     [--prompt TEXT] [--max-new-tokens N] [--min-new-tokens N] [--num-beams N]
 //!     [--length-penalty F] [--repetition-penalty F]
-//!     [--temperature T --top-k K --top-p P --seed S] [--device cpu|cuda:N] [--dtype f32|f16|bf16] [--json]
+//!     [--temperature T --top-k K --top-p P --seed S] [--device cpu|cuda:N] [--dtype f32|f16|bf16|q8_0] [--json]
 //! ```
 //! A Hugging Face id missing from the hub cache is downloaded first (a progress bar on a
 //! terminal); `HF_HUB_OFFLINE=1` never downloads. All images run as one batch; with `--json`
@@ -65,7 +65,7 @@ struct Args {
     /// auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
-    /// auto, f32, f16 or bf16
+    /// auto, f32, f16, bf16 or q8_0 (CPU: vision encoder and language model in 8 bits)
     #[arg(long, default_value = "auto")]
     dtype: DTypeChoice,
     /// One JSON line per image on stdout

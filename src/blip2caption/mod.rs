@@ -104,6 +104,12 @@ pub enum DType {
     F16,
     #[enum_value(name = "bfloat16", nick = "bf16")]
     BF16,
+    #[enum_value(
+        name = "CPU only: f32 with the vision encoder's and language model's weights in 8 \
+                bits (q8_0): faster, answers may differ from f32",
+        nick = "q8_0"
+    )]
+    Q8_0,
 }
 
 glib::wrapper! {

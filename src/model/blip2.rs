@@ -3,11 +3,12 @@
 use std::path::Path;
 use std::time::Instant;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, linear};
 
 use super::config::{Blip2Config, TextConfig};
-use super::device::{resolve_device, resolve_dtype};
+use super::device::{resolve_device, resolve_dtype, resolve_quantization};
 use super::error::candle_message;
 use super::generate::{Decoder, Prompt, generate_beam, generate_greedy_or_sample};
 use super::generation_config::GenerationDefaults;
@@ -25,6 +26,8 @@ use super::{
 
 /// Everything but the weights.
 struct Parts {
+    /// The language model's weights are quantized to this after loading (`dtype=q8_0`).
+    quantization: Option<GgmlDType>,
     config: Blip2Config,
     generation: GenerationDefaults,
     image_processor: ImageProcessorConfig,
@@ -46,6 +49,7 @@ pub struct Blip2 {
     language_model: LanguageModel,
     device: Device,
     dtype: DType,
+    quantization: Option<GgmlDType>,
     warnings: Vec<String>,
 }
 
@@ -85,10 +89,12 @@ impl Blip2 {
         };
         let codec = PromptCodec::load(dir, style)?;
         let device = resolve_device(device)?;
+        let quantization = resolve_quantization(dtype, &device)?;
         let dtype = resolve_dtype(dtype, &device, &config.text);
         let files = WeightFiles::find(dir)?;
         let vb = files.var_builder(dtype, &device)?;
         let parts = Parts {
+            quantization,
             config,
             generation,
             image_processor,
@@ -105,11 +111,13 @@ impl Blip2 {
     /// It has no tokenizer: prompts must be empty and captions come back as ids only.
     pub fn random(config: Blip2Config, device: DeviceChoice, dtype: DTypeChoice) -> Result<Self> {
         let device = resolve_device(device)?;
+        let quantization = resolve_quantization(dtype, &device)?;
         let dtype = resolve_dtype(dtype, &device, &config.text);
         let generation = GenerationDefaults::from_text_config(&config.text);
         let image_processor = ImageProcessorConfig::with_size(config.image_size);
         let vb = super::random_weights::var_builder(dtype, &device);
         let parts = Parts {
+            quantization,
             config,
             generation,
             image_processor,
@@ -125,6 +133,7 @@ impl Blip2 {
         progress: &mut dyn FnMut(&str),
     ) -> candle_core::Result<Self> {
         let Parts {
+            quantization,
             config,
             generation,
             image_processor,
@@ -160,8 +169,7 @@ impl Blip2 {
         // Surfaces asynchronous upload/cast failures here rather than in the first caption.
         // (Ordering needs no wait: every thread uses the device's one stream, see `device`.)
         device.synchronize()?;
-        progress("model ready");
-        Ok(Self {
+        let mut model = Self {
             config,
             generation,
             image_processor,
@@ -172,8 +180,45 @@ impl Blip2 {
             language_model,
             device,
             dtype,
+            quantization: None,
             warnings,
-        })
+        };
+        if let Some(q) = quantization {
+            progress(&format!(
+                "quantizing the vision encoder and language model to {q:?}"
+            ));
+            model.quantize(q)?;
+        }
+        progress("model ready");
+        Ok(model)
+    }
+
+    /// Stores the linear weights of the vision encoder and the language model quantized to
+    /// `dtype` (what `dtype=q8_0` does at load), on the CPU only. The Q-Former, which
+    /// transformers keeps in f32 whatever the dtype, the projection between the two, the
+    /// embeddings and the norms stay as they are. Layers whose input width is not a whole
+    /// number of blocks keep their weights, with a warning (see [`Blip2::warnings`]).
+    pub fn quantize(&mut self, dtype: GgmlDType) -> candle_core::Result<()> {
+        if !self.device.is_cpu() {
+            candle_core::bail!("quantized models run on the CPU only");
+        }
+        let mut kept = 0;
+        let layers = self.vision.linears_mut();
+        let layers = layers.into_iter().chain(self.language_model.linears_mut());
+        for layer in layers {
+            if !layer.quantize(dtype)? {
+                kept += 1;
+            }
+        }
+        if kept > 0 {
+            self.warnings.push(format!(
+                "{dtype:?}: {kept} linear layers keep their weights (their input width is not a \
+                 multiple of {})",
+                dtype.block_size()
+            ));
+        }
+        self.quantization = Some(dtype);
+        Ok(())
     }
 
     pub fn config(&self) -> &Blip2Config {
@@ -186,6 +231,11 @@ impl Blip2 {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// How the language model's weights are quantized (`dtype=q8_0`), if they are.
+    pub fn quantization(&self) -> Option<GgmlDType> {
+        self.quantization
     }
 
     /// Non-fatal problems found while loading (e.g. missing preprocessor settings).

@@ -52,10 +52,27 @@ pub fn resolve_device(choice: DeviceChoice) -> Result<Device> {
     }
 }
 
+/// The quantization `choice` asks for on `device`: q8_0 on the CPU only, where candle's
+/// quantized kernels are the ones this project measured (docs/benchmarks.md); none otherwise.
+pub fn resolve_quantization(
+    choice: DTypeChoice,
+    device: &Device,
+) -> Result<Option<candle_core::quantized::GgmlDType>> {
+    match choice {
+        DTypeChoice::Q8_0 if device.is_cpu() => Ok(Some(candle_core::quantized::GgmlDType::Q8_0)),
+        DTypeChoice::Q8_0 => Err(Error::Device(
+            "dtype q8_0 runs on the CPU only, and the model would load on a GPU: set \
+             device=cpu, or dtype f16 or bf16 (or auto) for the GPU"
+                .into(),
+        )),
+        _ => Ok(None),
+    }
+}
+
 /// f32 on CPU; on a GPU f16 for OPT and bf16 for Flan-T5 (T5 overflows in f16).
 pub fn resolve_dtype(choice: DTypeChoice, device: &Device, text: &TextConfig) -> DType {
     match choice {
-        DTypeChoice::F32 => DType::F32,
+        DTypeChoice::F32 | DTypeChoice::Q8_0 => DType::F32,
         DTypeChoice::F16 => DType::F16,
         DTypeChoice::BF16 => DType::BF16,
         DTypeChoice::Auto if device.is_cpu() => DType::F32,

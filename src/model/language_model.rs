@@ -4,6 +4,7 @@
 use candle_core::{Device, Result, Tensor};
 
 use super::generate::Decoder;
+use super::linear::Linear;
 use super::opt::{Opt, OptState};
 use super::t5::{T5, T5State};
 
@@ -13,6 +14,14 @@ pub enum LanguageModel {
 }
 
 impl LanguageModel {
+    /// Every linear layer, the head included.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        match self {
+            Self::Opt(opt) => opt.linears_mut(),
+            Self::T5(t5) => t5.linears_mut(),
+        }
+    }
+
     /// Runs the language model over each row's image queries and prompt ids, returning the
     /// decoder positioned after the prompt. Prompts of different lengths are padded as
     /// transformers pads them: on the left for OPT (before the image positions), on the right

@@ -6,8 +6,13 @@
 //! with `MatMulNonContiguous`. A layout that only the CPU accepts (a narrowed row of a batch,
 //! say) passes every CPU test and breaks the first GPU run, so the language models multiply
 //! only through [`matmul`] and [`Linear`], which apply cuBLAS's rule on the CPU too.
+//!
+//! A [`Linear`] can also hold its weight quantized (`dtype=q8_0` on the CPU): candle's
+//! quantized matmul reads a quarter of the bytes of f32, and decoding, which reads every weight
+//! once per token, is bound by those bytes.
 
-use candle_core::{Layout, Module, Result, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Layout, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// Whether cuBLAS (through candle 0.11's `gemm_config`) accepts `lhs @ rhs` with these
@@ -57,13 +62,23 @@ pub fn matmul(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
 /// dimensions are flattened into one GEMM, and an input cuBLAS could not take is copied first.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    weight: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
+}
+
+/// A weight (out, in) as loaded, or quantized in blocks along `in`.
+#[derive(Clone, Debug)]
+enum Weight {
+    Dense(Tensor),
+    Quantized(QMatMul),
 }
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight: Weight::Dense(weight),
+            bias,
+        }
     }
 
     /// `vb` holds `weight` (out, in) and, when `bias`, `bias` (out).
@@ -73,12 +88,41 @@ impl Linear {
         Ok(Self::new(weight, bias))
     }
 
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The weight as loaded; an error once it is quantized (only loading code asks for it).
+    pub fn weight(&self) -> Result<&Tensor> {
+        match &self.weight {
+            Weight::Dense(w) => Ok(w),
+            Weight::Quantized(_) => candle_core::bail!("the weight of this layer is quantized"),
+        }
     }
 
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
+    }
+
+    pub fn device(&self) -> Device {
+        match &self.weight {
+            Weight::Dense(w) => w.device().clone(),
+            Weight::Quantized(QMatMul::QTensor(q)) => q.device(),
+            Weight::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => w.device().clone(),
+        }
+    }
+
+    /// Replaces the weight by its `dtype` quantization, in blocks of `dtype.block_size()` input
+    /// features. Returns false, keeping the weight as it is, when the input width is not a
+    /// whole number of blocks (only tiny test models have such widths). The dense weight is
+    /// dropped: the memory saving is part of the point on a CPU.
+    pub fn quantize(&mut self, dtype: GgmlDType) -> Result<bool> {
+        let Weight::Dense(w) = &self.weight else {
+            return Ok(true);
+        };
+        let (_, input) = w.dims2()?;
+        if input % dtype.block_size() != 0 {
+            return Ok(false);
+        }
+        let q = QTensor::quantize(&w.to_dtype(candle_core::DType::F32)?, dtype)?;
+        self.weight = Weight::Quantized(QMatMul::from_qtensor(q)?);
+        Ok(true)
     }
 }
 
@@ -91,7 +135,10 @@ impl Module for Linear {
         let rows: usize = lead.iter().product();
         // `reshape` copies a strided input, so the GEMM operand is always contiguous.
         let x2 = xs.reshape((rows, input))?;
-        let mut out = matmul(&x2, &self.weight.t()?)?;
+        let mut out = match &self.weight {
+            Weight::Dense(w) => matmul(&x2, &w.t()?)?,
+            Weight::Quantized(q) => q.forward(&x2)?,
+        };
         if let Some(bias) = &self.bias {
             out = out.broadcast_add(bias)?;
         }
@@ -99,6 +146,11 @@ impl Module for Linear {
         shape.push(out.dim(1)?);
         out.reshape(shape)
     }
+}
+
+/// A layer with a bias, like `candle_nn::linear`: `vb` holds `weight` (output, input) and `bias`.
+pub fn linear(input: usize, output: usize, vb: VarBuilder) -> Result<Linear> {
+    Linear::load(input, output, true, vb)
 }
 
 /// The q, k and v projections of a self-attention layer as one GEMM over weights concatenated
@@ -111,7 +163,7 @@ pub struct QkvProjection {
 
 impl QkvProjection {
     pub fn new(q: Linear, k: Linear, v: Linear, num_heads: usize) -> Result<Self> {
-        let weight = Tensor::cat(&[q.weight(), k.weight(), v.weight()], 0)?;
+        let weight = Tensor::cat(&[q.weight()?, k.weight()?, v.weight()?], 0)?;
         let bias = match (q.bias(), k.bias(), v.bias()) {
             (None, None, None) => None,
             (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[q, k, v], 0)?),
@@ -121,6 +173,11 @@ impl QkvProjection {
             fused: Linear::new(weight, bias),
             num_heads,
         })
+    }
+
+    /// The one fused layer (to quantize it).
+    pub fn linear_mut(&mut self) -> &mut Linear {
+        &mut self.fused
     }
 
     /// xs (B, L, in) -> q, k, v, each (B, heads, L, head_dim) and contiguous. The split is one
@@ -204,6 +261,43 @@ mod tests {
                 assert_eq!(flat(&got), flat(&want), "len {len}");
             }
         }
+    }
+
+    /// q8_0 takes layers whose input width is a whole number of 32-wide blocks, and gives
+    /// their product within its rounding; other widths keep their f32 weights untouched.
+    #[test]
+    fn quantize_takes_whole_blocks_only() {
+        let x = (t(&[3, 64]) * 0.01).unwrap().sin().unwrap();
+        let mut layer = Linear::new((t(&[5, 64]) * 0.1).unwrap().cos().unwrap(), Some(t(&[5])));
+        let want = layer.forward(&x).unwrap();
+        assert!(layer.quantize(GgmlDType::Q8_0).unwrap());
+        assert!(layer.weight().is_err());
+        let got = layer.forward(&x).unwrap();
+        let err = (got - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let scale = want
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // Weights and inputs rounded to 1/127 of their blocks' largest values: 0.57 % of the
+        // largest output when this was written.
+        assert!(err > 0.0 && err < 0.01 * scale, "{err} of {scale}");
+
+        let x = t(&[3, 40]);
+        let mut narrow = Linear::new(t(&[5, 40]), None);
+        let want = narrow.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+        assert!(!narrow.quantize(GgmlDType::Q8_0).unwrap());
+        assert!(narrow.weight().is_ok());
+        assert_eq!(narrow.forward(&x).unwrap().to_vec2::<f32>().unwrap(), want);
     }
 
     /// Layouts the decoder relies on: a KV cache read through `narrow` (capacity > length),

@@ -143,6 +143,12 @@ pub enum DTypeChoice {
     F32,
     F16,
     BF16,
+    /// CPU only: f32, with the linear weights of the vision encoder and the language model
+    /// quantized to 8 bits in blocks of 32 (GGML's q8_0, one f16 scale per block; the
+    /// activations are rounded the same way inside each product). Decoding reads a quarter of
+    /// the bytes and the encoder's products run on 8-bit integer instructions; answers can
+    /// differ from f32's (the measured cost is in docs/benchmarks.md).
+    Q8_0,
 }
 
 /// Wall-clock time spent in each stage of one `caption` call, in milliseconds.
@@ -194,8 +200,9 @@ impl std::str::FromStr for DTypeChoice {
             "f32" | "float32" => Ok(DTypeChoice::F32),
             "f16" | "float16" => Ok(DTypeChoice::F16),
             "bf16" | "bfloat16" => Ok(DTypeChoice::BF16),
+            "q8_0" => Ok(DTypeChoice::Q8_0),
             other => Err(Error::Input(format!(
-                "invalid dtype {other:?}: expected auto, f32, f16 or bf16"
+                "invalid dtype {other:?}: expected auto, f32, f16, bf16 or q8_0"
             ))),
         }
     }
@@ -208,6 +215,7 @@ impl std::fmt::Display for DTypeChoice {
             DTypeChoice::F32 => "f32",
             DTypeChoice::F16 => "f16",
             DTypeChoice::BF16 => "bf16",
+            DTypeChoice::Q8_0 => "q8_0",
         };
         write!(f, "{name}")
     }

@@ -51,7 +51,7 @@ impl Attention {
         let q = load("q_proj")?;
         let q = if exact {
             Linear::new(
-                (q.weight() * scale)?,
+                (q.weight()? * scale)?,
                 q.bias().map(|b| b * scale).transpose()?,
             )
         } else {
@@ -198,6 +198,25 @@ pub struct Opt {
 }
 
 impl Opt {
+    /// Every linear layer: the projections, each layer's, and the head.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut all: Vec<&mut Linear> = self
+            .project_in
+            .iter_mut()
+            .chain(self.project_out.iter_mut())
+            .collect();
+        for layer in &mut self.layers {
+            all.extend([
+                layer.self_attn.qkv.linear_mut(),
+                &mut layer.self_attn.out_proj,
+                &mut layer.fc1,
+                &mut layer.fc2,
+            ]);
+        }
+        all.push(&mut self.lm_head);
+        all
+    }
+
     /// `vb` points at `language_model`.
     pub fn new(cfg: &OptConfig, vb: VarBuilder) -> Result<Self> {
         let dec = vb.pp("model.decoder");
@@ -254,7 +273,7 @@ impl Opt {
     }
 
     pub fn device(&self) -> candle_core::Device {
-        self.lm_head.weight().device().clone()
+        self.lm_head.device()
     }
 
     /// Runs `inputs_embeds` (B, L, word_embed_proj_dim) after `past` cached positions; returns the

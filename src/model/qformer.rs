@@ -5,10 +5,11 @@
 //! `output_query`) is used for captioning: there is no text input to the Q-Former.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Activation, LayerNorm, Linear, VarBuilder, layer_norm, linear};
+use candle_nn::{Activation, LayerNorm, VarBuilder, layer_norm};
 
 use super::config::QFormerConfig;
 use super::cpu_kernels::{self, AttentionShape, Heads};
+use super::linear::{Linear, linear};
 
 /// `attention.attention` / `crossattention.attention`: separate query/key/value projections.
 struct MultiHeadAttention {

@@ -78,6 +78,18 @@ pub struct T5 {
 }
 
 impl T5 {
+    /// Every linear layer: both stacks' and the head.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut all: Vec<&mut Linear> = self
+            .encoder
+            .iter_mut()
+            .chain(self.decoder.iter_mut())
+            .flat_map(Block::linears_mut)
+            .collect();
+        all.push(&mut self.lm_head);
+        all
+    }
+
     /// `vb` points at `language_model`.
     pub fn new(cfg: &T5Config, vb: VarBuilder) -> Result<Self> {
         let shared = embedding(cfg.vocab_size, cfg.d_model, vb.pp("shared"))?;
@@ -123,7 +135,7 @@ impl T5 {
     }
 
     pub fn device(&self) -> candle_core::Device {
-        self.lm_head.weight().device().clone()
+        self.lm_head.device()
     }
 
     /// Encoder over image queries + prompt embeddings (B, L, d_model), right-padded by `mask`.

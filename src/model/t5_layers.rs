@@ -212,6 +212,12 @@ pub struct FeedForward {
 }
 
 impl FeedForward {
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        [Some(&mut self.wi), self.wi_1.as_mut(), Some(&mut self.wo)]
+            .into_iter()
+            .flatten()
+    }
+
     pub fn new(cfg: &T5Config, vb: VarBuilder) -> Result<Self> {
         let (gated, act) = cfg.feed_forward().map_err(candle_core::Error::msg)?;
         let load = |name: &str| Linear::load(cfg.d_model, cfg.d_ff, false, vb.pp(name));
@@ -254,6 +260,16 @@ pub struct Block {
 }
 
 impl Block {
+    /// Every linear layer of the block (to quantize them).
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut all = vec![self.self_attn.qkv.linear_mut(), &mut self.self_attn.o];
+        if let Some((cross, _)) = &mut self.cross_attn {
+            all.extend([&mut cross.q, &mut cross.k, &mut cross.v, &mut cross.o]);
+        }
+        all.extend(self.ff.linears_mut());
+        all
+    }
+
     pub fn new(cfg: &T5Config, index: usize, decoder: bool, vb: VarBuilder) -> Result<Self> {
         let eps = cfg.layer_norm_epsilon;
         let l0 = vb.pp("layer.0");

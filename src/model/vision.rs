@@ -1,10 +1,11 @@
 //! `vision_model.*`: the ViT-g/14 image encoder (`Blip2VisionModel`).
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Activation, LayerNorm, Linear, VarBuilder, layer_norm, linear};
+use candle_nn::{Activation, LayerNorm, VarBuilder, layer_norm};
 
 use super::config::VisionConfig;
 use super::cpu_kernels::{self, AttentionShape, Heads};
+use super::linear::{Linear, linear};
 
 /// `vision_model.embeddings`: patch "convolution" (kernel = stride = patch), class token, positions.
 struct Embeddings {
@@ -205,6 +206,21 @@ impl VisionModel {
             )?,
             dtype: vb.dtype(),
         })
+    }
+
+    /// Every encoder layer's linear layers: attention's qkv and projection, the MLP's two.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| {
+                [
+                    &mut l.self_attn.qkv,
+                    &mut l.self_attn.projection,
+                    &mut l.fc1,
+                    &mut l.fc2,
+                ]
+            })
+            .collect()
     }
 
     /// pixel_values (B, 3, S, S) -> image states (B, 1 + patches, hidden) in the model dtype.

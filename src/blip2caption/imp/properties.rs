@@ -111,6 +111,7 @@ pub(super) fn dtype_choice(d: DType) -> DTypeChoice {
         DType::F32 => DTypeChoice::F32,
         DType::F16 => DTypeChoice::F16,
         DType::BF16 => DTypeChoice::BF16,
+        DType::Q8_0 => DTypeChoice::Q8_0,
     }
 }
 
@@ -226,8 +227,11 @@ pub(super) fn specs() -> &'static [glib::ParamSpec] {
             glib::ParamSpecEnum::builder_with_default("dtype", d.dtype)
                 .nick("DType")
                 .blurb(
-                    "Compute precision of the model. Used on NULL→READY; a change in a later \
-                     state applies at the next NULL→READY",
+                    "Compute precision of the model. q8_0 (CPU only) keeps f32 but stores the \
+                     weights of the vision encoder and the language model in 8 bits: faster on \
+                     a CPU (docs/benchmarks.md), answers may differ from f32's. auto never \
+                     picks q8_0. Used on NULL→READY; a change in a later state applies at the \
+                     next NULL→READY",
                 )
                 .mutable_ready()
                 .build(),

@@ -17,9 +17,11 @@ pub mod math;
 #[cfg(feature = "mkl")]
 mod mkl;
 
-use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor};
-use candle_nn::{Activation, Linear};
+use candle_core::{CpuStorage, DType, Device, Layout, Module, Result, Shape, Storage, Tensor};
+use candle_nn::Activation;
 use gemm::Parallelism;
+
+use super::linear::Linear;
 
 /// Whether the fast path can take `t`: f32, on the CPU. (Inputs are made contiguous here.)
 pub fn applies(t: &Tensor) -> bool {
@@ -159,8 +161,7 @@ unsafe fn gemm_raw(
 /// `x·Wᵀ + b` over the rows of `x` (any leading dims), then `+ residual` when given (same shape
 /// as the output): torch's `addmm` followed by the residual add, without intermediate tensors.
 pub fn linear(x: &Tensor, layer: &Linear, residual: Option<&Tensor>) -> Result<Tensor> {
-    let mut out = linear_vec(x, layer)?;
-    let (n_out, _) = layer.weight().dims2()?;
+    let (mut out, n_out) = linear_vec(x, layer)?;
     let mut dims = x.dims().to_vec();
     *dims.last_mut().expect("rank >= 1") = n_out;
     if let Some(residual) = residual {
@@ -177,12 +178,12 @@ pub fn linear(x: &Tensor, layer: &Linear, residual: Option<&Tensor>) -> Result<T
 
 /// `act(x·Wᵀ + b)`, the MLP's first half; the exact GELU is applied in the same buffer.
 pub fn linear_activation(x: &Tensor, layer: &Linear, act: Activation) -> Result<Tensor> {
-    let mut out = linear_vec(x, layer)?;
+    let (mut out, n_out) = linear_vec(x, layer)?;
     if act == Activation::Gelu {
         par_chunks_mut(&mut out, 1 << 14, math::gelu_erf_slice);
     }
     let mut dims = x.dims().to_vec();
-    *dims.last_mut().expect("rank >= 1") = layer.weight().dim(0)?;
+    *dims.last_mut().expect("rank >= 1") = n_out;
     let out = Tensor::from_vec(out, dims, &Device::Cpu)?;
     match act {
         Activation::Gelu => Ok(out),
@@ -190,8 +191,12 @@ pub fn linear_activation(x: &Tensor, layer: &Linear, act: Activation) -> Result<
     }
 }
 
-fn linear_vec(x: &Tensor, layer: &Linear) -> Result<Vec<f32>> {
-    let (n, k) = layer.weight().dims2()?;
+/// `x·Wᵀ + b` as a buffer, and its width (the layer's output features).
+fn linear_vec(x: &Tensor, layer: &Linear) -> Result<(Vec<f32>, usize)> {
+    let Ok(weight) = layer.weight() else {
+        return quantized_linear_vec(x, layer);
+    };
+    let (n, k) = weight.dims2()?;
     if x.dims().last() != Some(&k) {
         candle_core::bail!("linear: input {:?} for weight ({n}, {k})", x.shape())
     }
@@ -205,7 +210,7 @@ fn linear_vec(x: &Tensor, layer: &Linear) -> Result<Vec<f32>> {
         None => vec![0f32; m * n],
     };
     with_data(x, |x| {
-        with_data(layer.weight(), |w| {
+        with_data(weight, |w| {
             // W is (n, k) row-major; as the k×n right operand its rows are 1 apart, columns k.
             gemm_into(
                 (m, n, k),
@@ -220,7 +225,15 @@ fn linear_vec(x: &Tensor, layer: &Linear) -> Result<Vec<f32>> {
             Ok(())
         })
     })?;
-    Ok(out)
+    Ok((out, n))
+}
+
+/// The same with quantized weights (`dtype=q8_0`): candle's quantized matmul and bias add
+/// ([`Linear`]'s own forward).
+fn quantized_linear_vec(x: &Tensor, layer: &Linear) -> Result<(Vec<f32>, usize)> {
+    let y = layer.forward(x)?;
+    let n = *y.dims().last().expect("rank >= 1");
+    Ok((y.flatten_all()?.to_vec1::<f32>()?, n))
 }
 
 /// Splits `data` into chunks of `chunk` elements and runs `f` on them on candle's CPU threads.
