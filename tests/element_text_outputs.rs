@@ -1,5 +1,6 @@
 //! Text output details: pango-markup (escaped) for elements that take only markup, the
-//! automatic latency, and the warning for `text-mode=cues` into a joining element. Muxers, subtitle encoders and overlays are in `element_muxers.rs`.
+//! automatic latency, and the warning for `text-mode=cues` into a joining element. Muxers,
+//! subtitle encoders and overlays are in `element_muxers.rs`.
 
 mod gst_common;
 

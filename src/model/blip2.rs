@@ -26,7 +26,8 @@ use super::{
 
 /// Everything but the weights.
 struct Parts {
-    /// The language model's weights are quantized to this after loading (`dtype=q8_0`).
+    /// The vision encoder's and language model's weights are quantized to this after loading
+    /// (`dtype=q8_0`).
     quantization: Option<GgmlDType>,
     config: Blip2Config,
     generation: GenerationDefaults,
@@ -233,7 +234,8 @@ impl Blip2 {
         self.dtype
     }
 
-    /// How the language model's weights are quantized (`dtype=q8_0`), if they are.
+    /// How the vision encoder's and language model's weights are quantized (`dtype=q8_0`), if
+    /// they are.
     pub fn quantization(&self) -> Option<GgmlDType> {
         self.quantization
     }

@@ -90,9 +90,15 @@ impl Linear {
 
     /// The weight as loaded; an error once it is quantized (only loading code asks for it).
     pub fn weight(&self) -> Result<&Tensor> {
+        self.dense_weight()
+            .ok_or_else(|| candle_core::Error::msg("the weight of this layer is quantized"))
+    }
+
+    /// The weight as loaded, or `None` once it is quantized.
+    pub fn dense_weight(&self) -> Option<&Tensor> {
         match &self.weight {
-            Weight::Dense(w) => Ok(w),
-            Weight::Quantized(_) => candle_core::bail!("the weight of this layer is quantized"),
+            Weight::Dense(w) => Some(w),
+            Weight::Quantized(_) => None,
         }
     }
 
@@ -110,8 +116,9 @@ impl Linear {
 
     /// Replaces the weight by its `dtype` quantization, in blocks of `dtype.block_size()` input
     /// features. Returns false, keeping the weight as it is, when the input width is not a
-    /// whole number of blocks (only tiny test models have such widths). The dense weight is
-    /// dropped: the memory saving is part of the point on a CPU.
+    /// whole number of blocks (only tiny test models have such widths). This layer's dense
+    /// weight is dropped, which frees it unless something else holds it (a head tied to the
+    /// token embeddings: the embedding keeps its f32 copy, and the quantized one comes on top).
     pub fn quantize(&mut self, dtype: GgmlDType) -> Result<bool> {
         let Weight::Dense(w) = &self.weight else {
             return Ok(true);
@@ -273,21 +280,15 @@ mod tests {
         assert!(layer.quantize(GgmlDType::Q8_0).unwrap());
         assert!(layer.weight().is_err());
         let got = layer.forward(&x).unwrap();
-        let err = (got - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let scale = want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let max_abs = |t: &Tensor| {
+            t.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let (err, scale) = (max_abs(&(got - &want).unwrap()), max_abs(&want));
         // Weights and inputs rounded to 1/127 of their blocks' largest values: 0.57 % of the
         // largest output when this was written.
         assert!(err > 0.0 && err < 0.01 * scale, "{err} of {scale}");

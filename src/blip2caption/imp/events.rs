@@ -43,6 +43,9 @@ impl Blip2Caption {
                     let mut state = lock(&self.state);
                     state.text_caps_sent = false;
                     state.text_layout_chosen = false;
+                    // A failed caption ended the previous stream, not this one (concat,
+                    // gapless playback).
+                    state.failed = false;
                 }
                 let text_start = gst::event::StreamStart::builder(&stream_id)
                     .flags(gst::StreamFlags::SPARSE)

@@ -180,8 +180,8 @@ pub(super) struct State {
     pub(super) next_pts: Option<gst::ClockTime>,
     /// The last inference error posted as a warning (realtime), until a caption succeeds.
     pub(super) last_failure: Option<String>,
-    /// A failed caption was posted as an ERROR: this stream is over until a flush or a
-    /// restart, so no later sample is waited for and no second ERROR repeats the first.
+    /// A failed caption was posted as an ERROR: this stream is over until a flush, the next
+    /// stream or a restart, so no later sample is waited for and no second ERROR repeats it.
     pub(super) failed: bool,
 }
 

@@ -193,7 +193,7 @@ pub fn linear_activation(x: &Tensor, layer: &Linear, act: Activation) -> Result<
 
 /// `x·Wᵀ + b` as a buffer, and its width (the layer's output features).
 fn linear_vec(x: &Tensor, layer: &Linear) -> Result<(Vec<f32>, usize)> {
-    let Ok(weight) = layer.weight() else {
+    let Some(weight) = layer.dense_weight() else {
         return quantized_linear_vec(x, layer);
     };
     let (n, k) = weight.dims2()?;
